@@ -1,0 +1,69 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
+import Type from 'typebox'
+import type { Project } from '../../projects/model.ts'
+import { SEGMENT_TYPES, type SegmentType } from '../../schemas/segment.ts'
+import { collect, type CollectResult } from '../collector/collect.ts'
+import { MAX_BATCH_BYTES, MAX_MESSAGE_BYTES } from '../collector/normalize.ts'
+import { BadRequestError, UnauthorizedError } from '../errors.ts'
+
+const Rejection = Type.Object({ index: Type.Integer(), messageId: Type.Optional(Type.String()), reason: Type.String() })
+const Accepted = Type.Object({
+  success: Type.Boolean(),
+  accepted: Type.Integer({ description: 'messages stored by JetStream' }),
+  duplicates: Type.Integer({ description: 'of those, already stored under the same messageId' }),
+  rejected: Type.Array(Rejection, { description: 'messages refused, each with its reason; they went to the dead-letter subject' }),
+})
+const ErrorBody = Type.Object({ error: Type.String(), message: Type.String(), dependency: Type.Optional(Type.String()), details: Type.Optional(Type.Unknown()) })
+const responses = { 200: Accepted, 400: Type.Union([ErrorBody, Type.Intersect([ErrorBody, Type.Object({ rejected: Type.Array(Rejection) })])]), 401: ErrorBody, 503: ErrorBody }
+
+/** The write key, sent as Segment clients do (HTTP Basic user name) or as `writeKey` in the body. */
+function writeKeyOf(request: FastifyRequest): string | undefined {
+  const header = request.headers.authorization
+  if (header?.startsWith('Basic ')) {
+    const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8')
+    const user = decoded.split(':')[0]
+    if (user) return user
+  }
+  const body = request.body as { writeKey?: unknown } | undefined
+  return typeof body?.writeKey === 'string' ? body.writeKey : undefined
+}
+
+export const collectorRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const authenticate = (request: FastifyRequest): Project => {
+    const writeKey = writeKeyOf(request)
+    if (!writeKey) throw new UnauthorizedError('missing write key: send it as the HTTP Basic user name or as "writeKey" in the body')
+    const project = app.services.projects.byWriteKey(writeKey)
+    if (!project) throw new UnauthorizedError('unknown write key')
+    return project
+  }
+
+  const answer = (result: CollectResult, status: 200 | 400) => ({ success: status === 200, ...result })
+
+  app.post('/v1/batch', { bodyLimit: MAX_BATCH_BYTES, schema: { body: Type.Unknown(), response: responses } }, async (request, reply) => {
+    const project = authenticate(request)
+    const body = request.body as { batch?: unknown; sentAt?: unknown } | null
+    if (typeof body !== 'object' || body === null || !Array.isArray(body.batch)) throw new BadRequestError('batch must be an array of messages')
+    if (body.batch.length === 0) throw new BadRequestError('batch is empty')
+    const result = await collect(app.services.publisher, {
+      project: project.id, keyGroups: app.services.keyGroups, stage: 'raw', messages: body.batch,
+      stamp: { receivedAt: Date.now(), batchSentAt: body.sentAt, clientIp: request.ip },
+    })
+    if (result.accepted === 0) {
+      return reply.code(400).send({ error: 'bad_request', message: `every message was rejected: ${result.rejected[0]!.reason}`, rejected: result.rejected })
+    }
+    return reply.code(200).send(answer(result, 200))
+  })
+
+  for (const type of SEGMENT_TYPES) {
+    app.post(`/v1/${type}`, { bodyLimit: MAX_MESSAGE_BYTES + 1024, schema: { body: Type.Unknown(), response: responses } }, async (request, reply) => {
+      const project = authenticate(request)
+      const result = await collect(app.services.publisher, {
+        project: project.id, keyGroups: app.services.keyGroups, stage: 'raw', messages: [request.body],
+        stamp: { receivedAt: Date.now(), clientIp: request.ip }, forcedType: type as SegmentType,
+      })
+      if (result.accepted === 0) return reply.code(400).send({ error: 'bad_request', message: result.rejected[0]!.reason, rejected: result.rejected })
+      return reply.code(200).send(answer(result, 200))
+    })
+  }
+}

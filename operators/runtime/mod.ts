@@ -1,0 +1,8 @@
+export type { Emission, Operator, StepResult } from './operator.ts'
+export { runOperator } from './run-operator.ts'
+export type { RunOperatorOptions } from './run-operator.ts'
+export { runSink } from './run-sink.ts'
+export type { RunSinkOptions } from './run-sink.ts'
+export { batchLoop } from './consume.ts'
+export { deadLetterOf } from './dead-letter.ts'
+export { backoffMs, sleep } from './retry.ts'

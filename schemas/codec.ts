@@ -1,0 +1,48 @@
+import { Packr } from 'msgpackr'
+import { Compile } from 'typebox/compile'
+import type { TSchema, Static } from 'typebox'
+import { AnyEnvelope } from './envelope.ts'
+
+/**
+ * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
+ * decoder, in any language, reads what segstream publishes.
+ */
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false })
+
+export function encode(value: unknown): Uint8Array {
+  return packr.pack(value)
+}
+
+export function decode(bytes: Uint8Array): unknown {
+  return packr.unpack(bytes)
+}
+
+export class SchemaError extends Error {
+  readonly code = 'SEG_SCHEMA'
+  readonly problems: string[]
+  constructor(what: string, problems: string[]) {
+    super(`${what} does not match its schema: ${problems.join('; ')}`)
+    this.problems = problems
+  }
+}
+
+/** A compiled schema with a check that explains itself. */
+export function validator<T extends TSchema>(schema: T, what: string) {
+  const compiled = Compile(schema)
+  return {
+    check: (value: unknown): value is Static<T> => compiled.Check(value),
+    problems: (value: unknown): string[] =>
+      compiled.Errors(value).slice(0, 5).map((e) => `${e.instancePath || '/'} ${e.message}`),
+    assert(value: unknown): Static<T> {
+      if (compiled.Check(value)) return value as Static<T>
+      throw new SchemaError(what, this.problems(value))
+    },
+  }
+}
+
+const envelopeValidator = validator(AnyEnvelope, 'envelope')
+
+/** Decodes and validates any segstream message. Throws SchemaError on a bad message. */
+export function decodeEnvelope(bytes: Uint8Array): AnyEnvelope {
+  return envelopeValidator.assert(decode(bytes))
+}

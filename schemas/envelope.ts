@@ -1,0 +1,71 @@
+import Type, { type Static } from 'typebox'
+import { SegmentMessage } from './segment.ts'
+
+/** Bumped only for incompatible envelope changes; additive fields keep the version. */
+export const ENVELOPE_VERSION = 1
+
+/** Where an event entered the system; event time advances separately per source. */
+export const Source = Type.Union([Type.Literal('live'), Type.Literal('import')])
+export type Source = Static<typeof Source>
+
+/** The stored message a derived message comes from. */
+export const Origin = Type.Object({
+  /** Stream holding the originating message, e.g. SEG_RAW. */
+  stream: Type.String(),
+  /** Its stream sequence. */
+  seq: Type.Integer({ minimum: 0 }),
+})
+export type Origin = Static<typeof Origin>
+
+const envelopeFields = {
+  v: Type.Literal(ENVELOPE_VERSION),
+  project: Type.String(),
+  /** Message id, unique within the project (the Segment messageId for events). */
+  id: Type.String(),
+  /** Event time, ms since the epoch (UTC). */
+  time: Type.Number(),
+  /** Routing key the key group was computed from. */
+  key: Type.String(),
+  keyGroup: Type.Integer({ minimum: 0 }),
+  source: Source,
+}
+
+/** On `seg.<project>.raw|import.<kg>`: a message as the collector accepted it. */
+export const RawEventEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('raw_event'), data: SegmentMessage })
+export type RawEventEnvelope = Static<typeof RawEventEnvelope>
+
+export const EnrichedEvent = Type.Object({
+  /** The name the event is counted under (see eventNameOf). */
+  name: Type.String(),
+  /** userId when known, else anonymousId: the key every downstream operator uses. */
+  canonicalId: Type.String(),
+  /** The original message, unchanged (original ids included). */
+  message: SegmentMessage,
+})
+export type EnrichedEvent = Static<typeof EnrichedEvent>
+
+/** On `seg.<project>.enriched.<kg>`, routed by canonical user id. */
+export const EnrichedEventEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('enriched_event'), origin: Origin, data: EnrichedEvent })
+export type EnrichedEventEnvelope = Static<typeof EnrichedEventEnvelope>
+
+/** Raw bytes (msgpack bin). */
+const Bytes = Type.Refine(Type.Unsafe<Uint8Array>({ description: 'bytes' }), (value) => value instanceof Uint8Array)
+
+export const DeadLetter = Type.Object({
+  /** The step that refused the message (`collector` at the HTTP edge). */
+  stepId: Type.String(),
+  reason: Type.String(),
+  /** The payload as received: JSON text at the edge, the raw bytes inside. */
+  payload: Type.Union([Type.String(), Bytes]),
+  /** Where the refused message was stored, when it was. */
+  subject: Type.Optional(Type.String()),
+  seq: Type.Optional(Type.Integer()),
+})
+export type DeadLetter = Static<typeof DeadLetter>
+
+/** On `seg.<project>.dlq.<kg>`. */
+export const DeadLetterEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('dead_letter'), data: DeadLetter })
+export type DeadLetterEnvelope = Static<typeof DeadLetterEnvelope>
+
+export const AnyEnvelope = Type.Union([RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope])
+export type AnyEnvelope = Static<typeof AnyEnvelope>

@@ -1,0 +1,3 @@
+export * from './envelope.ts'
+export * from './segment.ts'
+export { decode, decodeEnvelope, encode, SchemaError, validator } from './codec.ts'

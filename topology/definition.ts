@@ -1,0 +1,74 @@
+import { deepFreeze, type Topology } from './model.ts'
+import { stageFilter } from './subjects.ts'
+
+const MINUTE = 60_000
+const DAY = 24 * 60 * MINUTE
+const GIB = 1024 ** 3
+
+/** Limits a deployment may tune; the defaults suit one machine. */
+export interface TopologyOptions {
+  /** Retention of raw and enriched streams, ms. Default 7 days. */
+  streamMaxAgeMs?: number
+  /** Size cap per event stream, bytes. Default 20 GiB. */
+  streamMaxBytes?: number
+  /** Replicas of every stream and bucket. Default 1. */
+  replicas?: number
+}
+
+/** The segstream dataflow. */
+export function segstreamTopology(options: TopologyOptions = {}): Topology {
+  const maxAgeMs = options.streamMaxAgeMs ?? 7 * DAY
+  const maxBytes = options.streamMaxBytes ?? 20 * GIB
+  const replicas = options.replicas ?? 1
+  const eventStream = {
+    retention: 'limits',
+    storage: 'file',
+    replicas,
+    duplicateWindowMs: 2 * MINUTE,
+    maxAgeMs,
+    maxBytes,
+    discard: 'new',
+  } as const
+  return deepFreeze<Topology>({
+    name: 'segstream',
+    streams: [
+      { name: 'SEG_RAW', description: 'Live events as the collector accepted them, routed by anonymousId else userId', subjects: [stageFilter('raw')], ...eventStream },
+      { name: 'SEG_IMPORT', description: 'Historical imports, kept apart from live traffic', subjects: [stageFilter('import')], ...eventStream },
+      { name: 'SEG_ENRICHED', description: 'Enriched events, routed by canonical user id', subjects: [stageFilter('enriched')], ...eventStream },
+      { name: 'SEG_DLQ', description: 'Rejected and poison messages with the reason and the original payload', subjects: [stageFilter('dlq')], ...eventStream, maxAgeMs: 30 * DAY, maxBytes: 2 * GIB },
+    ],
+    kv: [
+      { bucket: 'seg_projects', description: 'Projects: name, timezone, keys, settings', history: 5, storage: 'file', replicas, ttlMs: 0 },
+      { bucket: 'seg_meta', description: 'Installation facts fixed at provisioning (key groups)', history: 1, storage: 'file', replicas, ttlMs: 0 },
+    ],
+    steps: [
+      {
+        stepId: 'collector',
+        kind: 'source',
+        description: 'HTTP collector: validates, stamps and publishes events',
+        module: 'gateway',
+        inputs: [],
+        outputs: [stageFilter('raw'), stageFilter('import'), stageFilter('dlq')],
+      },
+      {
+        stepId: 'enrich',
+        kind: 'operator',
+        description: 'Resolves the canonical user and re-keys events by it',
+        module: 'operators/enrich',
+        inputs: [stageFilter('raw'), stageFilter('import')],
+        outputs: [stageFilter('enriched'), stageFilter('dlq')],
+        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+      },
+      {
+        stepId: 'sink-events',
+        kind: 'sink',
+        description: 'Writes enriched events to the events table',
+        module: 'operators/sink',
+        inputs: [stageFilter('enriched')],
+        outputs: [stageFilter('dlq')],
+        tables: ['events'],
+        consumer: { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 },
+      },
+    ],
+  })
+}
