@@ -1,0 +1,58 @@
+# segstream: `make up` runs everything, `make test` tests everything.
+# Both install what is missing first: Node 24 (npm package), npm dependencies,
+# a pinned nats-server (go install), PostgreSQL server binaries (apt, for tests).
+
+SHELL := /bin/bash
+NATS_SERVER_VERSION := v2.15.2
+ROOT := $(CURDIR)
+export PATH := $(ROOT)/node_modules/.bin:$(ROOT)/.tools/bin:/usr/local/go/bin:$(PATH)
+export GOBIN := $(ROOT)/.tools/bin
+
+.PHONY: setup up test test-chaos typecheck graph browser clean-data help
+
+help:
+	@echo "make up        run the local stack (nats-server, database, operators, gateway on :8080)"
+	@echo "make test      run the whole test suite against real servers"
+	@echo "make graph     print the dataflow as Mermaid"
+
+setup: node_modules/.installed .tools/nats-server-$(NATS_SERVER_VERSION) .tools/postgresql.ok
+
+node_modules/.installed: package.json package-lock.json .npmrc
+	npm ci --no-audit --no-fund
+	# tap compiles its plugin set; ours leaves out ts-node (Node 24 strips types itself)
+	tap build
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); if (a<22||(a===22&&b<18)) { console.error("node_modules/.bin/node is " + process.version + ", expected >= 22.18"); process.exit(1) }'
+	touch $@
+
+.tools/nats-server-$(NATS_SERVER_VERSION):
+	@mkdir -p .tools/bin
+	@command -v go >/dev/null || { echo "Go is needed once, to build nats-server $(NATS_SERVER_VERSION) (apt-get install golang or see https://go.dev/dl)"; exit 1; }
+	go install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
+	.tools/bin/nats-server --version
+	touch $@
+
+.tools/postgresql.ok:
+	@mkdir -p .tools
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "$$PG_BINDIR" ]; then \
+	  echo "installing PostgreSQL server binaries (tests start their own clusters)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+	touch $@
+
+typecheck: setup
+	tsc --noEmit -p tsconfig.json
+
+up: setup
+	node bin/segstream.js up
+
+test: setup typecheck
+	tap
+
+test-chaos: setup
+	SEGSTREAM_CHAOS=1 tap test/chaos
+
+graph: setup
+	@node bin/segstream.js topology graph
+
+clean-data:
+	rm -rf data

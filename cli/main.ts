@@ -1,0 +1,123 @@
+import { parseArgs } from 'node:util'
+import { connectNats } from '../broker/connect.ts'
+import { ConfigError, loadConfig, type Config } from '../config/env.ts'
+import { createLogger } from '../config/logger.ts'
+import { createProject, listProjects, ProjectError } from '../projects/registry.ts'
+import { openStore } from '../store/store.ts'
+import { applyTopology, IncompatibleChangeError } from '../topology/apply.ts'
+import { segstreamTopology } from '../topology/definition.ts'
+import { topologyToMermaid } from '../topology/graph.ts'
+import { topologyProblems, TopologyError } from '../topology/validate.ts'
+
+const USAGE = `segstream <command>
+
+  topology validate          check the dataflow definition
+  topology graph             print the dataflow as a Mermaid flowchart
+  topology apply             provision streams, KV buckets and consumers (idempotent)
+  migrate                    apply database migrations (idempotent)
+  project create <id> [--name N] [--timezone Europe/Berlin]
+  project list
+  run [stepId ...]           run operator steps in this process (all when none named)
+  gateway                    run the HTTP gateway
+  up                         the local stack: nats-server, database, every step, gateway
+
+Environment: SEGSTREAM_NATS_URL, DATABASE_URL, SEGSTREAM_HTTP_PORT, SEGSTREAM_KEY_GROUPS, LOG_LEVEL
+(see docs/configuration.md).`
+
+/** Errors we expect users to meet print one clear line, not a stack trace. */
+const EXPECTED = [ConfigError, TopologyError, IncompatibleChangeError, ProjectError]
+
+async function withNats<T>(config: Config, fn: (nc: Awaited<ReturnType<typeof connectNats>>) => Promise<T>): Promise<T> {
+  const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel)
+  let nc
+  try {
+    nc = await connectNats(config.natsUrl, 'segstream-cli', logger)
+  } catch (error) {
+    throw new Error(`cannot reach NATS at ${config.natsUrl} (SEGSTREAM_NATS_URL): ${(error as Error).message}`)
+  }
+  try {
+    return await fn(nc)
+  } finally {
+    await nc.close()
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, sub, ...rest] = argv
+  if (!command || command === 'help' || command === '--help' || command === '-h') {
+    console.log(USAGE)
+    return command ? 0 : 1
+  }
+  const config = loadConfig()
+  const topology = segstreamTopology()
+  switch (command) {
+    case 'topology': {
+      if (sub === 'validate') {
+        const problems = topologyProblems(topology)
+        if (problems.length > 0) throw new TopologyError(problems)
+        console.log(`topology valid: ${topology.streams.length} streams, ${topology.kv.length} KV buckets, ${topology.steps.length} steps`)
+        return 0
+      }
+      if (sub === 'graph') {
+        console.log(topologyToMermaid(topology))
+        return 0
+      }
+      if (sub === 'apply') {
+        const changes = await withNats(config, (nc) => applyTopology(nc, topology, { keyGroups: config.keyGroups }))
+        for (const change of changes) console.log(`${change.action.padEnd(9)} ${change.kind.padEnd(8)} ${change.name}${change.changes.length ? `  (${change.changes.join('; ')})` : ''}`)
+        const changed = changes.filter((c) => c.action !== 'unchanged').length
+        console.log(changed === 0 ? 'nothing to change' : `${changed} changed`)
+        return 0
+      }
+      break
+    }
+    case 'migrate': {
+      if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'a postgres:// URL (the local stack sets it itself in "segstream up")', '')
+      const store = await openStore({ url: config.databaseUrl, target: config.databaseTarget, poolSize: 1, logger: createLogger(config.logLevel) })
+      try {
+        const { target, applied } = await store.migrate()
+        console.log(`database target: ${target}; ${applied.length ? `applied ${applied.join(', ')}` : 'up to date'}`)
+      } finally {
+        await store.close()
+      }
+      return 0
+    }
+    case 'project': {
+      if (sub === 'create') {
+        const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { name: { type: 'string' }, timezone: { type: 'string' } } })
+        if (!positionals[0]) throw new ConfigError('project id', 'segstream project create <id>', '')
+        const { project, apiKey } = await withNats(config, (nc) => createProject(nc, { id: positionals[0]!, name: values.name, timezone: values.timezone }))
+        console.log(`project   ${project.id} (${project.name}), timezone ${project.timezone}`)
+        console.log(`write key ${project.writeKeys[0]}`)
+        console.log(`API key   ${apiKey}   (shown once: store it now)`)
+        return 0
+      }
+      if (sub === 'list') {
+        const projects = await withNats(config, (nc) => listProjects(nc))
+        for (const p of projects) console.log(`${p.id.padEnd(20)} ${p.timezone.padEnd(20)} write key ${p.writeKeys[0]}  (${p.apiKeys.length} API keys)`)
+        if (projects.length === 0) console.log('no projects yet: segstream project create <id>')
+        return 0
+      }
+      break
+    }
+    case 'run':
+    case 'gateway':
+    case 'up': {
+      const { runProcess } = await import('../deploy/local/process.ts')
+      return runProcess(command, [sub, ...rest].filter((x): x is string => Boolean(x)), config)
+    }
+  }
+  console.error(`unknown command: ${argv.join(' ')}\n\n${USAGE}`)
+  return 2
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2))
+} catch (error) {
+  if (EXPECTED.some((kind) => error instanceof kind) || (error as Error).message?.startsWith('cannot reach')) {
+    console.error(`segstream: ${(error as Error).message}`)
+  } else {
+    console.error(error)
+  }
+  process.exitCode = 1
+}
