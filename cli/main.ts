@@ -49,7 +49,7 @@ async function main(argv: string[]): Promise<number> {
     return command ? 0 : 1
   }
   const config = loadConfig()
-  const topology = segstreamTopology()
+  const topology = segstreamTopology({ streamMaxBytes: config.streamMaxBytes })
   switch (command) {
     case 'topology': {
       if (sub === 'validate') {

@@ -58,6 +58,8 @@ export interface Config {
   keyGroups: number
   /** LOG_LEVEL, default info. */
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+  /** SEGSTREAM_STREAM_MAX_BYTES: size cap of each event stream, reserved by JetStream up front. Default 2147483648 (2 GiB). */
+  streamMaxBytes: number
   /** SEGSTREAM_PUBLISH_TIMEOUT_MS: how long the collector waits for JetStream acks before a 503. Default 5000. */
   publishTimeoutMs: number
 }
@@ -73,6 +75,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     httpPort: read(env, 'SEGSTREAM_HTTP_PORT', integer(0, 65535), 8080),
     keyGroups: read(env, 'SEGSTREAM_KEY_GROUPS', integer(1, 4096), 64),
     logLevel: read(env, 'LOG_LEVEL', oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const), 'info'),
+    streamMaxBytes: read(env, 'SEGSTREAM_STREAM_MAX_BYTES', integer(1024 * 1024, 2 ** 50), 2 * 1024 ** 3),
     publishTimeoutMs: read(env, 'SEGSTREAM_PUBLISH_TIMEOUT_MS', integer(100, 600_000), 5000),
   }
 }

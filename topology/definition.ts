@@ -9,7 +9,7 @@ const GIB = 1024 ** 3
 export interface TopologyOptions {
   /** Retention of raw and enriched streams, ms. Default 7 days. */
   streamMaxAgeMs?: number
-  /** Size cap per event stream, bytes. Default 20 GiB. */
+  /** Size cap per event stream, bytes (JetStream reserves it up front). Default 2 GiB. */
   streamMaxBytes?: number
   /** Replicas of every stream and bucket. Default 1. */
   replicas?: number
@@ -18,7 +18,7 @@ export interface TopologyOptions {
 /** The segstream dataflow. */
 export function segstreamTopology(options: TopologyOptions = {}): Topology {
   const maxAgeMs = options.streamMaxAgeMs ?? 7 * DAY
-  const maxBytes = options.streamMaxBytes ?? 20 * GIB
+  const maxBytes = options.streamMaxBytes ?? 2 * GIB
   const replicas = options.replicas ?? 1
   const eventStream = {
     retention: 'limits',
@@ -35,7 +35,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
       { name: 'SEG_RAW', description: 'Live events as the collector accepted them, routed by anonymousId else userId', subjects: [stageFilter('raw')], ...eventStream },
       { name: 'SEG_IMPORT', description: 'Historical imports, kept apart from live traffic', subjects: [stageFilter('import')], ...eventStream },
       { name: 'SEG_ENRICHED', description: 'Enriched events, routed by canonical user id', subjects: [stageFilter('enriched')], ...eventStream },
-      { name: 'SEG_DLQ', description: 'Rejected and poison messages with the reason and the original payload', subjects: [stageFilter('dlq')], ...eventStream, maxAgeMs: 30 * DAY, maxBytes: 2 * GIB },
+      { name: 'SEG_DLQ', description: 'Rejected and poison messages with the reason and the original payload', subjects: [stageFilter('dlq')], ...eventStream, maxAgeMs: 30 * DAY, maxBytes: Math.min(maxBytes, GIB / 4) },
     ],
     kv: [
       { bucket: 'seg_projects', description: 'Projects: name, timezone, keys, settings', history: 5, storage: 'file', replicas, ttlMs: 0 },

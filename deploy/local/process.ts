@@ -29,7 +29,7 @@ interface Services {
 
 async function openServices(config: Config, logger: Logger, databaseUrl: string, poolSize: number, options: { provision: boolean }): Promise<Services> {
   const nc = await connectNats(config.natsUrl, 'segstream', logger.child({ component: 'nats' }), { waitOnFirstConnect: true })
-  if (options.provision) await applyTopology(nc, segstreamTopology(), { keyGroups: config.keyGroups })
+  if (options.provision) await applyTopology(nc, segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), { keyGroups: config.keyGroups })
   const store = await openStore({ url: databaseUrl, target: config.databaseTarget, poolSize, logger: logger.child({ component: 'store' }) })
   await store.migrate()
   const projects = new ProjectCache()
@@ -59,7 +59,7 @@ export async function runProcess(mode: 'run' | 'gateway' | 'up', args: string[],
   if (!config.databaseUrl) throw new Error('DATABASE_URL is not set: expected a postgres:// URL')
   const services = await openServices(config, logger, config.databaseUrl, config.databasePoolSize, { provision: false })
   if (mode === 'run') {
-    const steps = startSteps({ ...services, topology: segstreamTopology(), keyGroups: config.keyGroups, logger }, args)
+    const steps = startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger }, args)
     logger.info({ steps: steps.steps }, 'operators running')
     const signal = await untilSignal()
     logger.info({ signal }, 'stopping: finishing the batches in hand')
@@ -110,7 +110,8 @@ async function up(config: Config): Promise<number> {
     if (await portInUse(port)) throw new Error(`port ${port} is already in use (is another "make up" running?); ${name} needs it`)
     const log = join(logDir, `${name}.log`)
     const out = createWriteStream(log, { flags: 'a' })
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    // its own process group: Ctrl-C reaches only us, and we stop the children after the operators
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
     child.stdout!.pipe(out)
     child.stderr!.pipe(out)
     children.push({ name, child })
@@ -148,7 +149,7 @@ async function up(config: Config): Promise<number> {
     const services = await openServices({ ...config, natsUrl }, logger, databaseUrl, poolSize, { provision: true })
     say(`topology applied on ${natsUrl}; database migrated (${services.store.target})`)
     const demo = await ensureDemoProject(services.nc, dataDir)
-    const steps = startSteps({ ...services, topology: segstreamTopology(), keyGroups: config.keyGroups, logger }, [])
+    const steps = startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger }, [])
     say(`operators running: ${steps.steps.join(', ')}`)
     const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger })
     await app.listen({ host: config.httpHost, port: config.httpPort })

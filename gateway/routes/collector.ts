@@ -14,8 +14,14 @@ const Accepted = Type.Object({
   duplicates: Type.Integer({ description: 'of those, already stored under the same messageId' }),
   rejected: Type.Array(Rejection, { description: 'messages refused, each with its reason; they went to the dead-letter subject' }),
 })
-const ErrorBody = Type.Object({ error: Type.String(), message: Type.String(), dependency: Type.Optional(Type.String()), details: Type.Optional(Type.Unknown()) })
-const responses = { 200: Accepted, 400: Type.Union([ErrorBody, Type.Intersect([ErrorBody, Type.Object({ rejected: Type.Array(Rejection) })])]), 401: ErrorBody, 503: ErrorBody }
+const ErrorBody = Type.Object({
+  error: Type.String(),
+  message: Type.String(),
+  dependency: Type.Optional(Type.String({ description: 'on 503: nats or database' })),
+  details: Type.Optional(Type.Unknown()),
+  rejected: Type.Optional(Type.Array(Rejection, { description: 'on 400 for a batch: why each message was refused' })),
+})
+const responses = { 200: Accepted, 400: ErrorBody, 401: ErrorBody, 503: ErrorBody }
 
 /** The write key, sent as Segment clients do (HTTP Basic user name) or as `writeKey` in the body. */
 function writeKeyOf(request: FastifyRequest): string | undefined {

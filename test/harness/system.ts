@@ -32,8 +32,17 @@ export interface System {
  * target, the topology applied, migrations run, the gateway built (use
  * app.inject) and, on demand, the operators.
  */
-export async function startSystem(options: { database: () => Promise<DatabaseServer>; poolSize: number; keyGroups?: number }): Promise<System> {
-  const logger = createLogger(process.env.TEST_LOG_LEVEL ?? 'silent')
+export async function startSystem(options: {
+  database: () => Promise<DatabaseServer>
+  poolSize: number
+  keyGroups?: number
+  /** Receives every log line (JSON) at level info and above. */
+  logLines?: string[]
+}): Promise<System> {
+  const lines = options.logLines
+  const logger = lines
+    ? createLogger('info', { write: (line: string) => { lines.push(line); return true } } as unknown as NodeJS.WritableStream)
+    : createLogger(process.env.TEST_LOG_LEVEL ?? 'silent')
   const keyGroups = options.keyGroups ?? 8
   const [nats, database] = await Promise.all([startNats(), options.database()])
   const nc = await connectNats(nats.url, 'test', logger)

@@ -1,0 +1,73 @@
+import t from 'tap'
+import { createLogger } from '../config/logger.ts'
+import { openStore, type EventRow } from '../store/store.ts'
+import { DATABASE_TARGETS } from './harness/postgres.ts'
+
+const logger = createLogger('silent')
+
+const row = (overrides: Partial<EventRow>): EventRow => ({
+  project: 'alpha', messageId: 'm', eventTime: Date.parse('2019-05-10T10:00:00Z'), receivedAt: Date.parse('2026-01-01T00:00:00Z'),
+  type: 'track', name: 'click_event1', canonicalId: 'u1', anonymousId: 'a1', userId: 'u1', source: 'import', keyGroup: 3,
+  rawStream: 'SEG_IMPORT', rawSeq: 1, enrichedSeq: 1, properties: { plan: 'pro', n: 2 }, traits: null,
+  context: { ip: '10.0.0.1', page: { path: '/x' } }, extra: { integrations: { All: true } }, ...overrides,
+})
+
+// Every query the store offers, on each target: the answers must be the same.
+for (const target of DATABASE_TARGETS) {
+  t.test(`store on ${target.name}`, async (t) => {
+    const database = await target.start()
+    const store = await openStore({ url: database.url, poolSize: target.poolSize, logger })
+    t.teardown(async () => { await store.close(); await database.close() })
+
+    const first = await store.migrate()
+    t.equal(first.target, target.name, `detected ${target.name}`)
+    t.same(first.applied, [1], 'migration 1 applied')
+    t.same((await store.migrate()).applied, [], 'migrating again applies nothing')
+
+    t.equal(await store.insertEvents([]), 0, 'an empty batch is a no-op')
+    const rows = [
+      row({ messageId: 'm1', enrichedSeq: 11 }),
+      // 22:30 UTC on April 30 is already May 1 in Berlin
+      row({ messageId: 'm2', eventTime: Date.parse('2019-04-30T22:30:00Z'), canonicalId: 'u2', enrichedSeq: 12 }),
+      row({ messageId: 'm3', eventTime: Date.parse('2019-05-01T10:00:00Z'), canonicalId: 'u2', enrichedSeq: 13 }),
+      row({ messageId: 'm1', enrichedSeq: 11 }),
+      row({ project: 'beta', messageId: 'm1', enrichedSeq: 14 }),
+    ]
+    t.equal(await store.insertEvents(rows), 4, 'a duplicate inside a batch is stored once')
+    t.equal(await store.insertEvents(rows), 0, 'a replayed batch stores nothing')
+
+    t.equal(await store.countEvents('alpha'), 3)
+    t.equal(await store.countEvents('beta'), 1, 'the same message id in another project is its own row')
+    t.equal(await store.countEvents('gamma'), 0)
+    t.equal(await store.countEvents('alpha', { from: Date.parse('2019-05-01T00:00:00Z') }), 2, 'from is inclusive')
+    t.equal(await store.countEvents('alpha', { to: Date.parse('2019-05-01T10:00:00Z') }), 1, 'to is exclusive')
+
+    const stored = await store.getEvent('alpha', 'm1')
+    t.same(stored, row({ messageId: 'm1', enrichedSeq: 11 }), 'a row reads back exactly as written, JSON included')
+    t.equal(await store.getEvent('alpha', 'missing'), undefined)
+
+    const berlin = await store.eventsPerDay('alpha', 'Europe/Berlin', { from: Date.parse('2019-04-01'), to: Date.parse('2019-06-01') })
+    t.same(berlin, [{ day: '2019-05-01', events: 2, users: 1 }, { day: '2019-05-10', events: 1, users: 1 }], 'days bucketed in Europe/Berlin')
+    const utc = await store.eventsPerDay('alpha', 'UTC', { from: Date.parse('2019-04-01'), to: Date.parse('2019-06-01') })
+    t.same(utc, [{ day: '2019-04-30', events: 1, users: 1 }, { day: '2019-05-01', events: 1, users: 1 }, { day: '2019-05-10', events: 1, users: 1 }], 'days bucketed in UTC')
+
+    t.equal(await store.lastEnrichedSeq('alpha'), 13)
+    t.equal(await store.lastEnrichedSeq('gamma'), 0)
+    await store.ping()
+    t.pass('ping answers')
+  })
+}
+
+t.test('a database that goes away is reported as unavailable, then recovers', async (t) => {
+  const target = DATABASE_TARGETS[0]
+  const database = await target.start()
+  const store = await openStore({ url: database.url, poolSize: 2, logger })
+  t.teardown(async () => { await store.close(); await database.close() })
+  await store.migrate()
+  await database.stop()
+  await t.rejects(store.ping(), { code: 'SEG_DB_UNAVAILABLE' })
+  await t.rejects(store.insertEvents([row({ messageId: 'x' })]), { code: 'SEG_DB_UNAVAILABLE' })
+  await database.restart()
+  await store.ping()
+  t.equal(await store.insertEvents([row({ messageId: 'x' })]), 1, 'writes work again after the restart')
+})
