@@ -2,7 +2,8 @@ import { parseArgs } from 'node:util'
 import { connectNats } from '../broker/connect.ts'
 import { ConfigError, loadConfig, type Config } from '../config/env.ts'
 import { createLogger } from '../config/logger.ts'
-import { createProject, listProjects, ProjectError } from '../projects/registry.ts'
+import { createProject, listProjects, ProjectError, rotateKey } from '../projects/registry.ts'
+import { importFile, ImportError } from './import.ts'
 import { openStore } from '../store/store.ts'
 import { applyTopology, IncompatibleChangeError } from '../topology/apply.ts'
 import { segstreamTopology } from '../topology/definition.ts'
@@ -17,6 +18,11 @@ const USAGE = `segstream <command>
   migrate                    apply database migrations (idempotent)
   project create <id> [--name N] [--timezone Europe/Berlin]
   project list
+  project rotate-key <id> --write|--api [--keep-old]
+                             issue a new key; old ones stop working unless --keep-old
+  import <file.ndjson> --api-key KEY [--url http://localhost:8080] [--batch-size 1000] [--restart]
+                             import history (one Segment message per line) through POST /v1/import;
+                             resumable: an interrupted import continues where it stopped
   run [stepId ...]           run operator steps in this process (all when none named)
   gateway                    run the HTTP gateway
   up                         the local stack: nats-server, database, every step, gateway
@@ -25,7 +31,7 @@ Environment: SEGSTREAM_NATS_URL, DATABASE_URL, SEGSTREAM_HTTP_PORT, SEGSTREAM_KE
 (see docs/configuration.md).`
 
 /** Errors we expect users to meet print one clear line, not a stack trace. */
-const EXPECTED = [ConfigError, TopologyError, IncompatibleChangeError, ProjectError]
+const EXPECTED = [ConfigError, TopologyError, IncompatibleChangeError, ProjectError, ImportError]
 
 async function withNats<T>(config: Config, fn: (nc: Awaited<ReturnType<typeof connectNats>>) => Promise<T>): Promise<T> {
   const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel)
@@ -92,6 +98,13 @@ async function main(argv: string[]): Promise<number> {
         console.log(`API key   ${apiKey}   (shown once: store it now)`)
         return 0
       }
+      if (sub === 'rotate-key') {
+        const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { write: { type: 'boolean' }, api: { type: 'boolean' }, 'keep-old': { type: 'boolean' } } })
+        if (!positionals[0] || values.write === values.api) throw new ConfigError('arguments', 'segstream project rotate-key <id> --write|--api [--keep-old]', rest.join(' '))
+        const { key } = await withNats(config, (nc) => rotateKey(nc, positionals[0]!, values.write ? 'write' : 'api', { keepOld: values['keep-old'] }))
+        console.log(`new ${values.write ? 'write' : 'API'} key ${key}${values['keep-old'] ? ' (old keys still work)' : ' (old keys revoked)'}`)
+        return 0
+      }
       if (sub === 'list') {
         const projects = await withNats(config, (nc) => listProjects(nc))
         for (const p of projects) console.log(`${p.id.padEnd(20)} ${p.timezone.padEnd(20)} write key ${p.writeKeys[0]}  (${p.apiKeys.length} API keys)`)
@@ -99,6 +112,22 @@ async function main(argv: string[]): Promise<number> {
         return 0
       }
       break
+    }
+    case 'import': {
+      const { values, positionals } = parseArgs({
+        args: [sub, ...rest].filter((x): x is string => Boolean(x)), allowPositionals: true,
+        options: { 'api-key': { type: 'string' }, url: { type: 'string' }, 'batch-size': { type: 'string' }, restart: { type: 'boolean' } },
+      })
+      const apiKey = values['api-key'] ?? process.env.SEGSTREAM_API_KEY
+      if (!positionals[0]) throw new ConfigError('file', 'segstream import <file.ndjson> --api-key KEY', '')
+      if (!apiKey) throw new ConfigError('--api-key', "the project's API key (or SEGSTREAM_API_KEY)", '')
+      const batchSize = Number(values['batch-size'] ?? 1000)
+      if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 10_000) throw new ConfigError('--batch-size', 'an integer from 1 to 10000', values['batch-size'] ?? '')
+      const url = values.url ?? process.env.SEGSTREAM_URL ?? `http://localhost:${config.httpPort}`
+      const result = await importFile({ file: positionals[0], url, apiKey, batchSize, restart: values.restart })
+      if (result.resumedFromLine > 0) console.log(`resumed after line ${result.resumedFromLine}`)
+      console.log(`imported ${result.lines} lines: ${result.accepted} accepted (${result.duplicates} already stored), ${result.rejected} rejected${result.rejected ? ` (see ${result.rejectsFile})` : ''}`)
+      return 0
     }
     case 'run':
     case 'gateway':

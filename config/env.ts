@@ -7,9 +7,14 @@ export class ConfigError extends Error {
   readonly code = 'SEG_CONFIG'
   readonly variable: string
   constructor(variable: string, expected: string, got: string) {
-    super(`${variable}=${JSON.stringify(got)} is invalid: expected ${expected}`)
+    super(`${variable}=${JSON.stringify(redact(got))} is invalid: expected ${expected}`)
     this.variable = variable
   }
+}
+
+/** A password in a URL-like value never reaches a log. */
+function redact(value: string): string {
+  return value.replace(/(\/\/[^:/@\s]*:)[^@\s]*@/g, '$1***@')
 }
 
 type Parser<T> = { expected: string; parse: (raw: string) => T | undefined }

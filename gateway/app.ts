@@ -1,5 +1,7 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import cors from '@fastify/cors'
+import rateLimit from '@fastify/rate-limit'
 import type { Logger } from '../config/logger.ts'
 import { registerErrorHandler } from './errors.ts'
 import { bodyPlugin } from './plugins/body.ts'
@@ -10,6 +12,8 @@ import { healthRoutes } from './routes/health.ts'
 export interface AppOptions {
   services: Services
   logger: Logger
+  /** Requests per second per write key before the collector answers 429. Default 1000. */
+  requestsPerSecond?: number
   /** Trust X-Forwarded-For (behind a load balancer). Default true. */
   trustProxy?: FastifyServerOptions['trustProxy']
 }
@@ -24,9 +28,12 @@ export async function buildApp(options: AppOptions) {
   }).withTypeProvider<TypeBoxTypeProvider>()
   registerErrorHandler(app)
   await app.register(bodyPlugin)
+  // browser trackers post from any site; write keys are public, nothing rides on cookies
+  await app.register(cors, { origin: '*', methods: ['GET', 'POST', 'OPTIONS'], allowedHeaders: ['content-type', 'authorization', 'content-encoding'], maxAge: 86_400 })
+  await app.register(rateLimit, { global: false })
   await app.register(servicesPlugin, { services: options.services })
   await app.register(healthRoutes)
-  await app.register(collectorRoutes)
+  await app.register(collectorRoutes, { requestsPerSecond: options.requestsPerSecond })
   return app
 }
 

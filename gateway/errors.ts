@@ -34,6 +34,7 @@ export function registerErrorHandler(app: FastifyInstance): void {
     }
     if (error instanceof BadRequestError) return reply.code(400).send({ error: 'bad_request', message: error.message, details: error.details })
     if (error instanceof UnauthorizedError) return reply.code(401).send({ error: 'unauthorized', message: error.message })
+    if (error.statusCode === 429) return reply.code(429).send({ error: 'rate_limited', message: error.message })
     if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return reply.code(400).send({ error: 'bad_request', message: `request body is larger than the limit of ${request.routeOptions.bodyLimit} bytes` })
     if (error.validation) return reply.code(400).send({ error: 'bad_request', message: `${error.validationContext ?? 'request'}${error.message.startsWith('/') ? '' : ' '}${error.message}` })
     if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {

@@ -63,6 +63,35 @@ export async function createProject(nc: NatsConnection, input: NewProject, now =
   return { project, apiKey }
 }
 
+/**
+ * Issues a new write key or API key. Old keys stop working unless `keepOld`
+ * (a grace period while clients switch over; rotate again without it to revoke).
+ * Compare-and-set on the KV revision, so concurrent rotations never lose a key.
+ */
+export async function rotateKey(nc: NatsConnection, id: string, kind: 'write' | 'api', options: { keepOld?: boolean } = {}, now = new Date()): Promise<{ project: Project; key: string }> {
+  const kv = await openProjects(nc)
+  for (;;) {
+    const entry = await kv.get(id)
+    if (!entry || entry.operation !== 'PUT') throw new ProjectError('SEG_PROJECT_NOT_FOUND', `no project "${id}"`)
+    const project = projectValidator.assert(entry.json())
+    let key: string
+    if (kind === 'write') {
+      key = randomKey('wk_', 24)
+      project.writeKeys = [...(options.keepOld ? project.writeKeys : []), key]
+    } else {
+      key = randomKey('sk_', 32)
+      const record = { prefix: key.slice(0, 7), sha256: sha256(key), createdAt: now.toISOString() }
+      project.apiKeys = [...(options.keepOld ? project.apiKeys : []), record]
+    }
+    try {
+      await kv.update(id, JSON.stringify(project), entry.revision)
+      return { project, key }
+    } catch (error) {
+      if (!/wrong last sequence/i.test(String(error))) throw error
+    }
+  }
+}
+
 export async function openProjects(nc: NatsConnection): Promise<KV> {
   return new Kvm(nc).open(PROJECTS_BUCKET)
 }

@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
-import { AnyEnvelope } from './envelope.ts'
+import { AnyEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, RawEventEnvelope } from './envelope.ts'
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
@@ -41,8 +41,19 @@ export function validator<T extends TSchema>(schema: T, what: string) {
 }
 
 const envelopeValidator = validator(AnyEnvelope, 'envelope')
+// per type, so a bad message is explained against the schema of its own type
+const byType = {
+  raw_event: validator(RawEventEnvelope, 'envelope'),
+  enriched_event: validator(EnrichedEventEnvelope, 'envelope'),
+  dead_letter: validator(DeadLetterEnvelope, 'envelope'),
+} as const
 
 /** Decodes and validates any segstream message. Throws SchemaError on a bad message. */
 export function decodeEnvelope(bytes: Uint8Array): AnyEnvelope {
-  return envelopeValidator.assert(decode(bytes))
+  const value = decode(bytes)
+  if (envelopeValidator.check(value)) return value
+  const type = (value as { type?: unknown } | null)?.type
+  const specific = typeof type === 'string' ? byType[type as keyof typeof byType] : undefined
+  if (specific) return specific.assert(value)
+  throw new SchemaError('envelope', [`/type must be one of ${Object.keys(byType).join(', ')}, got ${JSON.stringify(type)}`, ...envelopeValidator.problems(value).slice(0, 2)])
 }

@@ -58,10 +58,14 @@ export function keyGroupOf(routingKey: string, keyGroups: number): number {
   return fnv1a32(routingKey) % keyGroups
 }
 
-export function subjectFor(project: string, stage: Stage, keyGroup: number | string): string {
+const KEY_GROUP = /^(0|[1-9]\d{0,9})$/
+
+/** A subject of one key group, or of all (`'*'`). */
+export function subjectFor(project: string, stage: Stage, keyGroup: number | '*'): string {
   assertProjectId(project)
-  if (typeof keyGroup === 'number' && !(Number.isInteger(keyGroup) && keyGroup >= 0)) {
-    throw new InvalidTokenError('key group', String(keyGroup), 'expected a non-negative integer')
+  if (!(STAGES as readonly string[]).includes(stage)) throw new InvalidTokenError('stage', String(stage), `expected one of ${STAGES.join(', ')}`)
+  if (keyGroup !== '*' && !(typeof keyGroup === 'number' && Number.isInteger(keyGroup) && keyGroup >= 0)) {
+    throw new InvalidTokenError('key group', String(keyGroup), 'expected a non-negative integer or "*"')
   }
   return `${SUBJECT_ROOT}.${project}.${stage}.${keyGroup}`
 }
@@ -80,7 +84,7 @@ export interface ParsedSubject {
 export function parseSubject(subject: string): ParsedSubject {
   const [root, project, stage, keyGroup, ...rest] = subject.split('.')
   const kg = Number(keyGroup)
-  if (root !== SUBJECT_ROOT || rest.length > 0 || !isProjectId(project) || !stage || !Number.isInteger(kg)) {
+  if (root !== SUBJECT_ROOT || rest.length > 0 || !isProjectId(project) || !stage || !/^[a-z_]+$/.test(stage) || !KEY_GROUP.test(keyGroup ?? '')) {
     throw new InvalidTokenError('subject', subject, 'expected seg.<project>.<stage>.<keyGroup>')
   }
   return { project, stage, keyGroup: kg }

@@ -12,9 +12,11 @@ export class TopologyError extends Error {
 
 const NAME = /^[A-Za-z0-9_-]+$/
 
-/** Steps that read what `from` writes. */
+const reads = (to: StepSpec, from: StepSpec) => to.inputs.some((input) => from.outputs.some((output) => subjectsIntersect(input, output)))
+
+/** Other steps that read what `from` writes. */
 export function downstreamOf(topology: Topology, from: StepSpec): StepSpec[] {
-  return topology.steps.filter((to) => to !== from && to.inputs.some((input) => from.outputs.some((output) => subjectsIntersect(input, output))))
+  return topology.steps.filter((to) => to !== from && reads(to, from))
 }
 
 /** Every problem found, empty when the topology is valid. */
@@ -61,7 +63,8 @@ function findCycle(topology: Topology): string[] | undefined {
     if (state.get(step.stepId) === 'visiting') return [...path.slice(path.indexOf(step.stepId)), step.stepId]
     state.set(step.stepId, 'visiting')
     path.push(step.stepId)
-    for (const next of downstreamOf(topology, step)) {
+    // a step reading its own output is a cycle too
+    for (const next of topology.steps.filter((to) => reads(to, step))) {
       const found = visit(next)
       if (found) return found
     }

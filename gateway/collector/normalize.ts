@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto'
-import { SEGMENT_TYPES, type SegmentMessage, type SegmentType } from '../../schemas/segment.ts'
+import { validator } from '../../schemas/codec.ts'
+import { SEGMENT_TYPES, SegmentMessage, type SegmentType } from '../../schemas/segment.ts'
+
+const segmentMessage = validator(SegmentMessage, 'Segment message')
 
 /** Segment's limit for one message. */
 export const MAX_MESSAGE_BYTES = 32 * 1024
@@ -22,9 +25,11 @@ export interface StampContext {
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 const ISO_DATE = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/
 
+/** ISO 8601 to ms. A time without an offset is read as UTC, never as the server's local time. */
 function parseTime(value: unknown): number | undefined {
-  if (typeof value !== 'string' || !ISO_DATE.test(value)) return undefined
-  const ms = Date.parse(value)
+  const match = typeof value === 'string' ? ISO_DATE.exec(value) : null
+  if (!match) return undefined
+  const ms = Date.parse(match[1] && !match[4] ? `${value}Z` : (value as string))
   return Number.isFinite(ms) ? ms : undefined
 }
 
@@ -83,10 +88,12 @@ export function normalizeMessage(input: unknown, stamp: StampContext, forcedType
     const event = optionalString(input, 'event')
     if (type === 'track' && !event) throw new Error('event is required for a track call')
     if (event?.startsWith(RESERVED_EVENT_PREFIX)) throw new Error(`event names starting with "${RESERVED_EVENT_PREFIX}" are reserved for segstream's sessions`)
-    if (type === 'alias' && !optionalString(input, 'previousId')) throw new Error('previousId is required for an alias call')
+    const previousId = optionalString(input, 'previousId')
+    if (type === 'alias' && !previousId) throw new Error('previousId is required for an alias call')
     if (type === 'alias' && !userId) throw new Error('userId is required for an alias call')
-    if (type === 'group' && !optionalString(input, 'groupId')) throw new Error('groupId is required for a group call')
-    optionalString(input, 'name')
+    const groupId = optionalString(input, 'groupId')
+    if (type === 'group' && !groupId) throw new Error('groupId is required for a group call')
+    const name = optionalString(input, 'name')
     for (const field of ['properties', 'traits', 'context', 'integrations']) optionalObject(input, field)
 
     const clientTime = input.timestamp === undefined || input.timestamp === null ? undefined : parseTime(input.timestamp)
@@ -100,20 +107,26 @@ export function normalizeMessage(input: unknown, stamp: StampContext, forcedType
     const context = { ...(optionalObject(input, 'context') ?? {}) }
     if (context.ip === undefined && stamp.clientIp) context.ip = stamp.clientIp
     const { writeKey: _writeKey, ...kept } = input
-    const message: SegmentMessage = {
+    const message: Record<string, unknown> = {
       ...kept,
-      type: type as SegmentType,
+      type,
       messageId,
       timestamp: new Date(eventTime).toISOString(),
       receivedAt: new Date(stamp.receivedAt).toISOString(),
       context,
     }
-    if (anonymousId) message.anonymousId = anonymousId
-    else delete message.anonymousId
-    if (userId) message.userId = userId
-    else delete message.userId
+    // the checked values, not the raw ones: numbers become strings, empty and null fields go
+    const checked = { anonymousId, userId, event, name, previousId, groupId }
+    for (const [field, value] of Object.entries(checked)) {
+      if (value === undefined) delete message[field]
+      else message[field] = value
+    }
+    for (const field of ['properties', 'traits', 'integrations', 'originalTimestamp']) if (message[field] === null) delete message[field]
     if (clientTime !== undefined && clientTime !== eventTime) message.originalTimestamp = new Date(clientTime).toISOString()
     if (sentAt !== undefined) message.sentAt = new Date(sentAt).toISOString()
+    else delete message.sentAt
+    // last line of defence: what is published must match the published schema
+    if (!segmentMessage.check(message)) throw new Error(`message does not match the Segment schema: ${segmentMessage.problems(message).join('; ')}`)
     return { ok: true, message }
   } catch (error) {
     return { ok: false, reason: (error as Error).message, messageId: suppliedId }

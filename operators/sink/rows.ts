@@ -8,6 +8,8 @@ export function eventRowOf(envelope: EnrichedEventEnvelope, enrichedSeq: number)
   const message = envelope.data.message
   const extra: Record<string, unknown> = {}
   for (const [field, value] of Object.entries(message)) if (!COLUMN_FIELDS.has(field)) extra[field] = value
+  // `event` is the name column only for a track; anywhere else it is kept as sent
+  if (message.type !== 'track' && message.event !== undefined) extra.event = message.event
   return {
     project: envelope.project,
     messageId: envelope.id,

@@ -36,6 +36,8 @@ export async function startSystem(options: {
   database: () => Promise<DatabaseServer>
   poolSize: number
   keyGroups?: number
+  /** Collector rate limit per write key (requests per second). */
+  requestsPerSecond?: number
   /** Receives every log line (JSON) at level info and above. */
   logLines?: string[]
 }): Promise<System> {
@@ -53,7 +55,7 @@ export async function startSystem(options: {
   const projects = new ProjectCache()
   await projects.start(nc)
   const publisher = new PipelinedPublisher(nc, { timeoutMs: 2_000 })
-  const app = await buildApp({ services: { nc, publisher, projects, store, keyGroups }, logger })
+  const app = await buildApp({ services: { nc, publisher, projects, store, keyGroups }, logger, requestsPerSecond: options.requestsPerSecond })
   const running: ReturnType<typeof startSteps>[] = []
   return {
     nats, database, nc, store, app, projects, publisher, keyGroups,

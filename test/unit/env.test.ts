@@ -106,7 +106,8 @@ t.test('loadConfig reads process.env by default', async (t) => {
   process.env.SEGSTREAM_HTTP_PORT = '9191'
   t.equal(loadConfig().httpPort, 9191)
   process.env.SEGSTREAM_HTTP_PORT = 'nope'
-  t.throws(() => loadConfig(), { variable: 'SEGSTREAM_HTTP_PORT' })
+  t.equal(configError(process.env)?.variable, 'SEGSTREAM_HTTP_PORT', 'an invalid process.env value is refused')
+  t.throws(() => loadConfig(), { code: 'SEG_CONFIG' }, 'also without an argument')
 })
 
 t.test('each invalid variable throws a ConfigError naming it', async (t) => {
@@ -155,8 +156,7 @@ t.test('each invalid variable throws a ConfigError naming it', async (t) => {
 })
 
 t.test('an invalid DATABASE_URL does not put its password in the error', async (t) => {
-  const BUG = 'BUG config/env.ts:9 (ConfigError) + read(): the message embeds the raw value, so a mistyped DATABASE_URL (or a NATS URL with credentials) prints its password to the logs and the terminal; redact userinfo (new URL(raw).password) before quoting URL values'
   const error = configError({ DATABASE_URL: 'mysql://admin:s3cr3t-pw@db.internal/segstream' })
   t.equal(error?.variable, 'DATABASE_URL', 'still names the variable')
-  t.notMatch(error?.message, /s3cr3t-pw/, 'the password is not in the message', { todo: BUG })
+  t.notMatch(error?.message, /s3cr3t-pw/, 'the password is not in the message')
 })

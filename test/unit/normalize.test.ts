@@ -15,7 +15,7 @@ const segmentMessage = validator(SegmentMessage, 'segment message')
 const iso = (ms: number) => new Date(ms).toISOString()
 
 /** Normalizes a message that must be accepted, failing the test if it is not. */
-function accept(t: Tap, input: unknown, stamp: StampContext = STAMP, forcedType?: SegmentType): SegmentMessage {
+function accept(t: { fail: (message: string) => unknown }, input: unknown, stamp: StampContext = STAMP, forcedType?: SegmentType): SegmentMessage {
   const result = normalizeMessage(input, stamp, forcedType)
   if (!result.ok) {
     t.fail(`expected ${JSON.stringify(input).slice(0, 200)} to be accepted, got: ${result.reason}`)
@@ -23,7 +23,6 @@ function accept(t: Tap, input: unknown, stamp: StampContext = STAMP, forcedType?
   }
   return result.message
 }
-type Tap = typeof t
 
 t.test('constants', async (t) => {
   t.equal(MAX_MESSAGE_BYTES, 32 * 1024)
@@ -290,7 +289,6 @@ t.test('clock-skew correction', async (t) => {
 })
 
 t.test('a timestamp without a UTC offset does not depend on the process timezone', async (t) => {
-  const BUG = 'BUG gateway/collector/normalize.ts:24-28 (parseTime): ISO_DATE accepts a date-time without an offset ("2024-05-10T12:00") and Date.parse reads it in the process\'s local timezone, so the event time depends on the server\'s TZ; read it as UTC (append "Z") or reject it'
   const saved = process.env.TZ
   const timestampIn = (tz: string) => {
     process.env.TZ = tz
@@ -302,8 +300,8 @@ t.test('a timestamp without a UTC offset does not depend on the process timezone
       else process.env.TZ = saved
     }
   }
-  t.equal(timestampIn('Asia/Tokyo'), timestampIn('UTC'), 'Tokyo and UTC read it the same', { todo: BUG })
-  t.equal(timestampIn('America/New_York'), timestampIn('UTC'), 'New York and UTC read it the same', { todo: BUG })
+  t.equal(timestampIn('Asia/Tokyo'), timestampIn('UTC'), 'Tokyo and UTC read it the same')
+  t.equal(timestampIn('America/New_York'), timestampIn('UTC'), 'New York and UTC read it the same')
   t.equal(normalizeMessage({ type: 'track', anonymousId: 'a', event: 'e', timestamp: '2024-05-10T12:00:00Z' }, STAMP).ok, true, 'with an offset it is fine')
 })
 
@@ -347,7 +345,7 @@ t.test('fields kept, removed and converted', async (t) => {
   t.notOk('writeKey' in message, 'writeKey removed')
   t.equal(JSON.stringify(input), snapshot, 'the input is not mutated')
   for (const field of ['integrations', 'channel', 'version', 'custom', 'properties', 'event', 'anonymousId'] as const) {
-    t.strictSame(message[field], input[field], `${field} kept as is`)
+    t.strictSame((message as Record<string, unknown>)[field], input[field], `${field} kept as is`)
   }
   t.equal(message.originalTimestamp, '2024-05-10T09:00:00.000Z', 'a client originalTimestamp is kept when nothing is corrected')
   t.ok(segmentMessage.check(message), 'the message satisfies the SegmentMessage schema')
@@ -379,7 +377,6 @@ t.test('fields kept, removed and converted', async (t) => {
 t.test('every accepted message satisfies the SegmentMessage schema', async (t) => {
   // The envelope validator downstream (enrich, sink) rejects what does not match SegmentMessage,
   // so a message the collector accepts (HTTP 200) but that does not match is dead-lettered later.
-  const BUG = 'BUG gateway/collector/normalize.ts:80-109: optionalString validates event, name, previousId and groupId (coercing numbers, treating "" and null as absent) but the message is built from `...kept`, the raw input, so a numeric event/name/previousId/groupId, an empty-string event/previousId/groupId and null properties/traits/sentAt reach the message unchanged and fail SegmentMessage'
   const cases: Array<[string, Record<string, unknown>]> = [
     ['numeric event on a track', { type: 'track', anonymousId: 'a', event: 123 }],
     ['numeric name on a page', { type: 'page', anonymousId: 'a', name: 7 }],
@@ -396,6 +393,6 @@ t.test('every accepted message satisfies the SegmentMessage schema', async (t) =
     const result = normalizeMessage(input, STAMP)
     t.ok(result.ok, `${label}: accepted`)
     if (!result.ok) continue
-    t.ok(segmentMessage.check(result.message), `${label}: satisfies SegmentMessage ${JSON.stringify(segmentMessage.problems(result.message))}`, { todo: BUG })
+    t.ok(segmentMessage.check(result.message), `${label}: satisfies SegmentMessage ${JSON.stringify(segmentMessage.problems(result.message))}`)
   }
 })
