@@ -8,7 +8,7 @@ ROOT := $(CURDIR)
 export PATH := $(ROOT)/node_modules/.bin:$(ROOT)/.tools/bin:/usr/local/go/bin:$(PATH)
 export GOBIN := $(ROOT)/.tools/bin
 
-.PHONY: setup up test test-chaos typecheck graph browser clean-data help
+.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench-ingest
 
 help:
 	@echo "make up        run the local stack (nats-server, database, operators, gateway on :8080)"
@@ -56,3 +56,6 @@ graph: setup
 
 clean-data:
 	rm -rf data
+
+bench-ingest: setup
+	node bench/ingest.ts

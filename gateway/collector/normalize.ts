@@ -11,6 +11,10 @@ export const MAX_BATCH_BYTES = 500 * 1024
 /** Event names the sessionize operator owns. */
 export const RESERVED_EVENT_PREFIX = '$session_'
 
+/** Fields the collector sets itself (or drops, like the write key). */
+const STAMPED_FIELDS = new Set(['type', 'messageId', 'anonymousId', 'userId', 'event', 'name', 'previousId', 'groupId', 'timestamp', 'receivedAt', 'context', 'originalTimestamp', 'sentAt', 'writeKey'])
+const DROPPED_WHEN_NULL = new Set(['properties', 'traits', 'integrations'])
+
 export type Normalized = { ok: true; message: SegmentMessage } | { ok: false; reason: string; messageId?: string }
 
 export interface StampContext {
@@ -24,6 +28,17 @@ export interface StampContext {
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 const ISO_DATE = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/
+
+// receivedAt and a batch's sentAt repeat for every message of a request: format each once
+let lastIsoMs = Number.NaN
+let lastIso = ''
+function iso(ms: number): string {
+  if (ms !== lastIsoMs) {
+    lastIsoMs = ms
+    lastIso = new Date(ms).toISOString()
+  }
+  return lastIso
+}
 
 /** ISO 8601 to ms. A time without an offset is read as UTC, never as the server's local time. */
 function parseTime(value: unknown): number | undefined {
@@ -104,27 +119,30 @@ export function normalizeMessage(input: unknown, stamp: StampContext, forcedType
     // the client's clock may be wrong, but the gap between its timestamp and its sentAt is right
     const eventTime = clientTime === undefined ? stamp.receivedAt : sentAt === undefined ? clientTime : stamp.receivedAt - (sentAt - clientTime)
 
-    const context = { ...(optionalObject(input, 'context') ?? {}) }
-    if (context.ip === undefined && stamp.clientIp) context.ip = stamp.clientIp
-    const { writeKey: _writeKey, ...kept } = input
-    const message: Record<string, unknown> = {
-      ...kept,
-      type,
-      messageId,
-      timestamp: new Date(eventTime).toISOString(),
-      receivedAt: new Date(stamp.receivedAt).toISOString(),
-      context,
+    const clientContext = optionalObject(input, 'context')
+    const context = clientContext?.ip !== undefined || !stamp.clientIp ? (clientContext ?? {}) : { ...clientContext, ip: stamp.clientIp }
+
+    // one pass, no `delete` (it would turn the object into a slow dictionary): the checked
+    // values (numbers become strings, empty and null fields go), then every other field as sent
+    const message: Record<string, unknown> = { type, messageId }
+    if (anonymousId !== undefined) message.anonymousId = anonymousId
+    if (userId !== undefined) message.userId = userId
+    if (event !== undefined) message.event = event
+    if (name !== undefined) message.name = name
+    if (previousId !== undefined) message.previousId = previousId
+    if (groupId !== undefined) message.groupId = groupId
+    for (const field in input) {
+      if (STAMPED_FIELDS.has(field)) continue
+      const value = input[field]
+      if (value === null && DROPPED_WHEN_NULL.has(field)) continue
+      message[field] = value
     }
-    // the checked values, not the raw ones: numbers become strings, empty and null fields go
-    const checked = { anonymousId, userId, event, name, previousId, groupId }
-    for (const [field, value] of Object.entries(checked)) {
-      if (value === undefined) delete message[field]
-      else message[field] = value
-    }
-    for (const field of ['properties', 'traits', 'integrations', 'originalTimestamp']) if (message[field] === null) delete message[field]
+    message.timestamp = new Date(eventTime).toISOString()
+    message.receivedAt = iso(stamp.receivedAt)
+    message.context = context
     if (clientTime !== undefined && clientTime !== eventTime) message.originalTimestamp = new Date(clientTime).toISOString()
-    if (sentAt !== undefined) message.sentAt = new Date(sentAt).toISOString()
-    else delete message.sentAt
+    else if (typeof input.originalTimestamp === 'string') message.originalTimestamp = input.originalTimestamp
+    if (sentAt !== undefined) message.sentAt = input.sentAt === undefined || input.sentAt === null ? iso(sentAt) : new Date(sentAt).toISOString()
     // last line of defence: what is published must match the published schema
     if (!segmentMessage.check(message)) throw new Error(`message does not match the Segment schema: ${segmentMessage.problems(message).join('; ')}`)
     return { ok: true, message }

@@ -1,0 +1,130 @@
+/**
+ * make bench-ingest: the collector's accepted events/s, beside the rate at which one
+ * Node process alone gets the same messages acknowledged by nats-server with
+ * pipelined publishing (the baseline), in the same run on the same machine.
+ *
+ *   node bench/ingest.ts [--events 300000] [--concurrency 16]
+ *
+ * The collector runs as its own process (`segstream gateway`), the load comes from
+ * this process over HTTP keep-alive in batches of 100 events. Last line: JSON.
+ */
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { Agent, request } from 'node:http'
+import { connectNats } from '../broker/connect.ts'
+import { PipelinedPublisher } from '../broker/publisher.ts'
+import { createLogger } from '../config/logger.ts'
+import { createProject } from '../projects/registry.ts'
+import { encode } from '../schemas/codec.ts'
+import { ENVELOPE_VERSION, type RawEventEnvelope } from '../schemas/envelope.ts'
+import { applyTopology } from '../topology/apply.ts'
+import { segstreamTopology } from '../topology/definition.ts'
+import { keyGroupOf, subjectFor } from '../topology/subjects.ts'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { startNats } from '../test/harness/nats.ts'
+import { startPostgres } from '../test/harness/postgres.ts'
+import { cleanEnv, freePort, waitForPort } from '../test/harness/ports.ts'
+
+const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, concurrency: { type: 'string', default: '16' } } })
+const EVENTS = Number(values.events)
+const BATCH = 100
+const CONCURRENCY = Number(values.concurrency)
+const KEY_GROUPS = 64
+const logger = createLogger('warn')
+const log = (line: string) => console.log(line)
+
+const nats = await startNats()
+const database = await startPostgres()
+const nc = await connectNats(nats.url, 'bench', logger)
+await applyTopology(nc, segstreamTopology({ streamMaxBytes: 4 * 1024 ** 3 }), { keyGroups: KEY_GROUPS })
+const { project } = await createProject(nc, { id: 'bench' })
+
+const message = (i: number, prefix: string) => ({
+  type: 'track', event: i % 3 ? 'click_event1' : 'custom_event2', messageId: `${prefix}-${i}`, anonymousId: `anon-${i % 50_000}`,
+  timestamp: new Date(1_557_000_000_000 + i).toISOString(),
+  properties: { plan: 'pro', price: i % 100, path: '/pricing' },
+  context: { ip: '10.1.2.3', userAgent: 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120 Safari/537.36', locale: 'de-DE', page: { path: '/pricing', url: 'https://shop.example/pricing' } },
+})
+
+// Baseline: the same messages, published by one process with pipelined acks.
+{
+  const publisher = new PipelinedPublisher(nc, { timeoutMs: 30_000, maxInFlight: 5_000 })
+  const received = new Date().toISOString()
+  const envelopes = Array.from({ length: EVENTS }, (_, i) => {
+    const m = { ...message(i, 'base'), receivedAt: received } as RawEventEnvelope['data']
+    const keyGroup = keyGroupOf(m.anonymousId!, KEY_GROUPS)
+    const envelope: RawEventEnvelope = { v: ENVELOPE_VERSION, type: 'raw_event', project: 'baseline', id: m.messageId, time: Date.parse(m.timestamp), key: m.anonymousId!, keyGroup, source: 'live', data: m }
+    return { subject: subjectFor('baseline', 'raw', keyGroup), data: encode(envelope), id: `baseline:${m.messageId}` }
+  })
+  const started = performance.now()
+  const pending: Promise<unknown>[] = []
+  for (const e of envelopes) {
+    pending.push(publisher.publish(e.subject, e.data, e.id))
+    if (pending.length >= 5_000) await Promise.all(pending.splice(0))
+  }
+  await Promise.all(pending)
+  var baselinePerS = EVENTS / ((performance.now() - started) / 1000)
+  publisher.close()
+  log(`baseline: ${Math.round(baselinePerS).toLocaleString('en')} acked msg/s (one process, pipelined publish)`)
+}
+
+// The collector, in its own process.
+const port = await freePort()
+const gateway = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : []), join(import.meta.dirname, '../bin/segstream.js'), 'gateway'], {
+  stdio: ['ignore', 'inherit', 'inherit'],
+  env: cleanEnv({ SEGSTREAM_NATS_URL: nats.url, DATABASE_URL: database.url, SEGSTREAM_HTTP_PORT: String(port), SEGSTREAM_KEY_GROUPS: String(KEY_GROUPS), LOG_LEVEL: 'warn', SEGSTREAM_PUBLISH_TIMEOUT_MS: '30000' }),
+})
+await waitForPort(port)
+
+const bodies: Buffer[] = []
+for (let start = 0; start < EVENTS; start += BATCH) {
+  bodies.push(Buffer.from(JSON.stringify({ batch: Array.from({ length: Math.min(BATCH, EVENTS - start) }, (_, j) => message(start + j, 'http')), sentAt: new Date().toISOString() })))
+}
+const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY })
+const auth = `Basic ${Buffer.from(`${project.writeKeys[0]}:`).toString('base64')}`
+const post = (body: Buffer) => new Promise<{ status: number; accepted: number }>((resolve, reject) => {
+  const req = request({ host: '127.0.0.1', port, path: '/v1/batch', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': body.length, authorization: auth } }, (res) => {
+    const chunks: Buffer[] = []
+    res.on('data', (c) => chunks.push(c))
+    res.on('end', () => resolve({ status: res.statusCode!, accepted: res.statusCode === 200 ? JSON.parse(Buffer.concat(chunks).toString()).accepted : 0 }))
+  })
+  req.on('error', reject)
+  req.end(body)
+})
+
+let next = 0
+let accepted = 0
+let failed = 0
+const started = performance.now()
+await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+  while (next < bodies.length) {
+    const body = bodies[next++]!
+    const result = await post(body)
+    if (result.status === 200) accepted += result.accepted
+    else failed++
+  }
+}))
+const collectorPerS = accepted / ((performance.now() - started) / 1000)
+log(`collector: ${Math.round(collectorPerS).toLocaleString('en')} accepted events/s (${CONCURRENCY} connections, batches of ${BATCH}; ${failed} failed requests)`)
+
+const jsm = await jetstreamManager(nc)
+const stored = (await jsm.streams.info('SEG_RAW', { subjects_filter: 'seg.bench.>' })).state
+const storedBench = Object.values(stored.subjects ?? {}).reduce((a, b) => a + b, 0)
+
+gateway.kill('SIGTERM')
+await new Promise((r) => gateway.once('exit', r))
+agent.destroy()
+await nc.close()
+await Promise.all([nats.close(), database.close()])
+console.log(JSON.stringify({
+  collector_events_per_s: Math.round(collectorPerS),
+  baseline_pipelined_publish_per_s: Math.round(baselinePerS),
+  ratio: Number((collectorPerS / baselinePerS).toFixed(3)),
+  events: EVENTS,
+  batch_size: BATCH,
+  accepted,
+  stored_in_stream: storedBench,
+  failed_requests: failed,
+  target_events_per_s: 50_000,
+}))
