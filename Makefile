@@ -39,13 +39,23 @@ node_modules/.installed: package.json package-lock.json .npmrc
 	fi
 	touch $@
 
+.tools/chromium.ok: scripts/ensure-chromium.sh
+	@mkdir -p .tools
+	bash scripts/ensure-chromium.sh
+	touch $@
+
+tracker/dist/t.js: node_modules/.installed tracker/src/index.ts scripts/build-browser.ts package.json
+	node scripts/build-browser.ts
+
+browser: tracker/dist/t.js
+
 typecheck: setup
 	tsc --noEmit -p tsconfig.json
 
-up: setup
+up: setup tracker/dist/t.js
 	node bin/segstream.js up
 
-test: setup typecheck
+test: setup typecheck .tools/chromium.ok
 	tap
 
 test-chaos: setup

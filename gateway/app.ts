@@ -8,10 +8,15 @@ import { bodyPlugin } from './plugins/body.ts'
 import { servicesPlugin, type Services } from './plugins/services.ts'
 import { collectorRoutes } from './routes/collector.ts'
 import { healthRoutes } from './routes/health.ts'
+import { trackerRoutes } from './routes/tracker.ts'
+import { metricsRoutes } from './routes/metrics.ts'
+import { Metrics } from '../operators/runtime/metrics.ts'
 
 export interface AppOptions {
   services: Services
   logger: Logger
+  /** Operator metrics to serve on /metrics (those of operators running in this process). */
+  metrics?: Metrics
   /** Requests per second per write key before the collector answers 429. Default 1000. */
   requestsPerSecond?: number
   /** Trust X-Forwarded-For (behind a load balancer). Default true. */
@@ -34,6 +39,8 @@ export async function buildApp(options: AppOptions) {
   await app.register(servicesPlugin, { services: options.services })
   await app.register(healthRoutes)
   await app.register(collectorRoutes, { requestsPerSecond: options.requestsPerSecond })
+  await app.register(trackerRoutes)
+  await app.register(metricsRoutes, { metrics: options.metrics ?? new Metrics() })
   return app
 }
 

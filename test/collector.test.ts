@@ -15,7 +15,7 @@ t.test('collector', async (t) => {
   const { project, apiKey } = await system.createProject('shop', 'Europe/Berlin')
   const writeKey = project.writeKeys[0]!
   const auth = { authorization: basic(writeKey) }
-  system.startOperators()
+  await system.startOperators()
   const inject = system.app.inject.bind(system.app)
   // each subtest waits out the rate limit window of the one before
   const pause = () => new Promise((r) => setTimeout(r, 1100))

@@ -10,7 +10,7 @@ for (const target of DATABASE_TARGETS) {
     t.teardown(() => system.close())
     const alpha = await system.createProject('alpha', 'Europe/Berlin')
     const beta = await system.createProject('beta')
-    system.startOperators()
+    await system.startOperators()
 
     // 40 distinct events, each sent twice, plus the same ids in a second project
     const batch = Array.from({ length: 40 }, (_, i) => ({

@@ -4,7 +4,7 @@ import {
   type ConsumerConfig, type JetStreamManager, type StreamConfig, type StreamInfo,
 } from '@nats-io/jetstream'
 import { Kvm } from '@nats-io/kv'
-import type { StepSpec, StreamSpec, Topology } from './model.ts'
+import { bucketsOf, type StepSpec, type StreamSpec, type Topology } from './model.ts'
 import { subjectsIntersect } from './subjects.ts'
 import { validateTopology } from './validate.ts'
 
@@ -144,22 +144,31 @@ export async function applyTopology(nc: NatsConnection, topology: Topology, opti
   const results: ApplyChange[] = []
   for (const stream of topology.streams) results.push(await applyStream(jsm, stream))
   const kvm = new Kvm(nc)
-  for (const bucket of topology.kv) {
+  for (const bucket of bucketsOf(topology)) {
     const existing = await streamInfo(jsm, `KV_${bucket.bucket}`)
     if (existing) {
-      const changes: string[] = []
       if (existing.config.max_msgs_per_subject !== bucket.history) {
         throw new IncompatibleChangeError(`kv ${bucket.bucket}`, 'history', `is ${existing.config.max_msgs_per_subject} on the server, the topology wants ${bucket.history}`)
       }
-      results.push({ kind: 'kv', name: bucket.bucket, action: 'unchanged', changes })
+      if (Boolean(bucket.atomic) && !existing.config.allow_atomic) {
+        await jsm.streams.update(existing.config.name, { ...existing.config, allow_atomic: true })
+        results.push({ kind: 'kv', name: bucket.bucket, action: 'updated', changes: ['allow_atomic: false -> true'] })
+        continue
+      }
+      results.push({ kind: 'kv', name: bucket.bucket, action: 'unchanged', changes: [] })
       continue
     }
     await kvm.create(bucket.bucket, { description: bucket.description, history: bucket.history, storage: bucket.storage as StorageType, replicas: bucket.replicas, ttl: bucket.ttlMs })
+    if (bucket.atomic) {
+      const created = await jsm.streams.info(`KV_${bucket.bucket}`)
+      await jsm.streams.update(created.config.name, { ...created.config, allow_atomic: true })
+    }
     results.push({ kind: 'kv', name: bucket.bucket, action: 'created', changes: [] })
   }
   results.push(await applyKeyGroups(kvm, options.keyGroups))
   for (const step of topology.steps) {
-    if (step.kind === 'source') continue
+    // operators replay from their own checkpoints with ordered consumers; only sinks keep durable ones
+    if (step.kind !== 'sink') continue
     for (const { stream, name, filterSubjects } of consumersOf(topology, step)) {
       results.push(await applyConsumer(jsm, stream.name, name, filterSubjects, step))
     }

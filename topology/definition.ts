@@ -40,6 +40,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
     kv: [
       { bucket: 'seg_projects', description: 'Projects: name, timezone, keys, settings', history: 5, storage: 'file', replicas, ttlMs: 0 },
       { bucket: 'seg_meta', description: 'Installation facts fixed at provisioning (key groups)', history: 1, storage: 'file', replicas, ttlMs: 0 },
+      { bucket: 'seg_leases', description: 'Key-group ownership: leases with epochs, and live members, per step', history: 1, storage: 'file', replicas, ttlMs: 0 },
     ],
     steps: [
       {

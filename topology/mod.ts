@@ -1,6 +1,6 @@
 export { segstreamTopology } from './definition.ts'
 export type { TopologyOptions } from './definition.ts'
-export { deepFreeze } from './model.ts'
+export { bucketsOf, deepFreeze, stateBucketOf } from './model.ts'
 export type { ConsumerSpec, KvSpec, StepSpec, StreamSpec, Topology } from './model.ts'
 export { topologyProblems, validateTopology, downstreamOf, TopologyError } from './validate.ts'
 export { topologyToMermaid } from './graph.ts'

@@ -30,6 +30,8 @@ export interface KvSpec {
   readonly replicas: number
   /** Entry lifetime in ms (0 = forever). */
   readonly ttlMs: number
+  /** Allow atomic batch writes (state buckets commit keys and checkpoint together). */
+  readonly atomic?: boolean
 }
 
 export interface ConsumerSpec {
@@ -45,6 +47,11 @@ export interface ConsumerSpec {
 export interface StepSpec {
   /** Unique; durable consumer names, KV keys, metric labels and log fields derive from it. */
   readonly stepId: string
+  /**
+   * `source`: outside the runtime (the collector). `operator`: keyed state in
+   * `seg_state_<stepId>`, inputs replayed from checkpoints. `sink`: durable
+   * consumers, acked after the database commit.
+   */
   readonly kind: 'source' | 'operator' | 'sink'
   readonly description: string
   /** Folder under operators/ (or gateway/ for the collector) holding the code. */
@@ -61,6 +68,17 @@ export interface Topology {
   readonly streams: readonly StreamSpec[]
   readonly kv: readonly KvSpec[]
   readonly steps: readonly StepSpec[]
+}
+
+/** Every operator step keeps its keyed state and checkpoints in a bucket of its own. */
+export function stateBucketOf(step: StepSpec, replicas = 1): KvSpec {
+  return { bucket: `seg_state_${step.stepId}`, description: `${step.stepId}: keyed state and per-key-group checkpoints`, history: 1, storage: 'file', replicas, ttlMs: 0, atomic: true }
+}
+
+/** The buckets a topology needs: those it lists plus one state bucket per operator step. */
+export function bucketsOf(topology: Topology): KvSpec[] {
+  const replicas = topology.kv[0]?.replicas ?? 1
+  return [...topology.kv, ...topology.steps.filter((step) => step.kind === 'operator').map((step) => stateBucketOf(step, replicas))]
 }
 
 /** Recursively freezes a topology so nobody mutates the shared definition. */

@@ -9,6 +9,8 @@ import type { Config } from '../../config/env.ts'
 import { createLogger, type Logger } from '../../config/logger.ts'
 import { buildApp } from '../../gateway/app.ts'
 import { startSteps } from '../../operators/steps.ts'
+import { Metrics } from '../../operators/runtime/metrics.ts'
+import { createServer } from 'node:http'
 import { createProject, getProject, ProjectCache } from '../../projects/registry.ts'
 import { openStore } from '../../store/store.ts'
 import { applyTopology } from '../../topology/apply.ts'
@@ -59,11 +61,18 @@ export async function runProcess(mode: 'run' | 'gateway' | 'up', args: string[],
   if (!config.databaseUrl) throw new Error('DATABASE_URL is not set: expected a postgres:// URL')
   const services = await openServices(config, logger, config.databaseUrl, config.databasePoolSize, { provision: false })
   if (mode === 'run') {
-    const steps = startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger }, args)
-    logger.info({ steps: steps.steps }, 'operators running')
+    const metrics = new Metrics()
+    const steps = await startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger, metrics }, args)
+    const metricsPort = Number(process.env.SEGSTREAM_METRICS_PORT ?? 9464)
+    const server = createServer((request, response) => {
+      if (request.url !== '/metrics') return void response.writeHead(404).end()
+      void metrics.render().then((text) => response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text))
+    }).listen(metricsPort, config.httpHost)
+    logger.info({ steps: steps.steps, metrics: `http://${config.httpHost}:${metricsPort}/metrics` }, 'operators running')
     const signal = await untilSignal()
     logger.info({ signal }, 'stopping: finishing the batches in hand')
     await steps.stop()
+    server.close()
   } else {
     const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger })
     await app.listen({ host: config.httpHost, port: config.httpPort })
@@ -149,9 +158,10 @@ async function up(config: Config): Promise<number> {
     const services = await openServices({ ...config, natsUrl }, logger, databaseUrl, poolSize, { provision: true })
     say(`topology applied on ${natsUrl}; database migrated (${services.store.target})`)
     const demo = await ensureDemoProject(services.nc, dataDir)
-    const steps = startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger }, [])
+    const metrics = new Metrics()
+    const steps = await startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger, metrics }, [])
     say(`operators running: ${steps.steps.join(', ')}`)
-    const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger })
+    const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger, metrics })
     await app.listen({ host: config.httpHost, port: config.httpPort })
     const base = `http://localhost:${config.httpPort}`
     say(`gateway on ${base}  (health: ${base}/readyz)`)

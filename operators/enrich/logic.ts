@@ -20,7 +20,12 @@ export interface EnrichOptions {
 export function createEnrich(options: EnrichOptions): Operator<null, EnrichInput> {
   return {
     stepId: 'enrich',
+    stateless: true,
     init: () => null,
+    toInput(envelope, origin) {
+      if (envelope.type !== 'raw_event') throw new Error(`enrich reads raw_event messages, got ${envelope.type}`)
+      return { envelope, origin }
+    },
     keyOf: (input) => input.envelope.key,
     onEvent(state, { envelope, origin }) {
       const message = envelope.data

@@ -1,4 +1,4 @@
-import type { AnyEnvelope } from '../../schemas/envelope.ts'
+import type { AnyEnvelope, Origin, Source } from '../../schemas/envelope.ts'
 import type { Stage } from '../../topology/subjects.ts'
 
 /** A message an operator wants published. The runtime picks the subject and the id. */
@@ -10,21 +10,38 @@ export interface Emission {
 }
 
 export interface StepResult<State> {
-  state: State
+  /** The key's new state; `undefined` drops the key (its next input starts from init()). */
+  state: State | undefined
   emit: Emission[]
-  /** Event time at which onTimer should run for this key. */
+  /** Event time at which onTimer should run for this key (replaces any earlier timer). */
   wakeAt?: number
 }
 
+/** What the runtime tells the logic about time. Never the wall clock. */
+export interface EventContext {
+  /** This input's event time, ms. */
+  eventTime: number
+  /** The key group's watermark for the input's project and source, ms (before this input). */
+  watermark: number
+  source: Source
+}
+
 /**
- * An operator's logic: pure. No I/O, no clock, no NATS types. The runtime passes
- * the event time in, persists the state, publishes what is emitted and acks.
+ * An operator's logic: pure. No I/O, no clock, no NATS types. For a key, given
+ * its state and one input, it returns the new state, what to emit and maybe a
+ * timer; the runtime loads and checkpoints the state, publishes and tracks time.
+ * Outputs must follow only from state plus inputs, so a replay reproduces them.
  */
 export interface Operator<State, Input> {
   readonly stepId: string
+  /** No per-key state: the runtime keeps only offsets and watermarks (a pass-through or a map). */
+  readonly stateless?: boolean
   init(): State
+  /** Turns a decoded envelope (stored at `origin`) into the operator's input; throws for a message it cannot take. */
+  toInput(envelope: AnyEnvelope, origin: Origin): Input
   /** The key (user) whose state this input touches. */
   keyOf(input: Input): string
-  onEvent(state: State, input: Input, eventTime: number): StepResult<State>
-  onTimer?(state: State, eventTime: number): StepResult<State>
+  onEvent(state: State, input: Input, context: EventContext): StepResult<State>
+  /** Runs when the watermark passes the key's wakeAt; `now` is that watermark. */
+  onTimer?(state: State, now: number): StepResult<State>
 }

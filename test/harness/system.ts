@@ -56,7 +56,7 @@ export async function startSystem(options: {
   await projects.start(nc)
   const publisher = new PipelinedPublisher(nc, { timeoutMs: 2_000 })
   const app = await buildApp({ services: { nc, publisher, projects, store, keyGroups }, logger, requestsPerSecond: options.requestsPerSecond })
-  const running: ReturnType<typeof startSteps>[] = []
+  const running: Awaited<ReturnType<typeof startSteps>>[] = []
   return {
     nats, database, nc, store, app, projects, publisher, keyGroups,
     async createProject(id, timezone) {
@@ -64,8 +64,8 @@ export async function startSystem(options: {
       for (let i = 0; i < 100 && !projects.byId(id); i++) await new Promise((r) => setTimeout(r, 20))
       return created
     },
-    startOperators(stepIds = []) {
-      const steps = startSteps({ nc, publisher, store, topology, keyGroups, logger }, stepIds)
+    async startOperators(stepIds = []) {
+      const steps = await startSteps({ nc, publisher, store, topology, keyGroups, logger, leaseMs: 2_000, heartbeatMs: 250 }, stepIds)
       running.push(steps)
       return steps
     },

@@ -163,8 +163,8 @@ export function createTracker(options: TrackerOptions): Tracker {
     sending = 1
     inFlight = batch.map((message) => message.messageId)
     // text/plain (fetch's default for a string) needs no CORS preflight; keepalive lets the
-    // request outlive the page, within the browser's 64 KB budget
-    fetch(url, { method: 'POST', body: payload, keepalive: payload.length < 3e4, credentials: 'omit' })
+    // request outlive the page, within the browser's 64 KB budget (2e4 characters are at most 6e4 UTF-8 bytes)
+    fetch(url, { method: 'POST', body: payload, keepalive: payload.length < 2e4, credentials: 'omit' })
       // a 400 means every message was invalid: sending them again cannot help
       .then((response) => response.ok || response.status == 400, () => false)
       .then(

@@ -1,0 +1,204 @@
+import { decodeEnvelope, encode } from '../../schemas/codec.ts'
+import type { Source } from '../../schemas/envelope.ts'
+import { subjectFor } from '../../topology/subjects.ts'
+import { deadLetterOf } from './dead-letter.ts'
+import { TimerHeap } from './heap.ts'
+import type { Emission, Operator, StepResult } from './operator.ts'
+
+/** One key's persisted state. */
+export interface KeyEntry<State> {
+  state: State
+  /** Per input stream, the last sequence applied to this key (skips re-applying after a crash). */
+  applied: Record<string, number>
+  /** Event time of the key's last input: idle eviction is decided in event time, so replays agree. */
+  lastTime: number
+  project: string
+  source: Source
+  wakeAt?: number
+}
+
+/** Everything a key group needs to resume: the checkpoint plus its keys. */
+export interface KeyGroupState<State> {
+  keyGroup: number
+  /** Ownership epoch this state was loaded under (fencing token). */
+  epoch: number
+  /** Per input stream, the last sequence fully processed. */
+  offsets: Record<string, number>
+  /** Per `project|source`, the largest event time seen. */
+  maxEventTime: Record<string, number>
+  keys: Map<string, KeyEntry<State>>
+  /** Keys changed (or dropped) since the last commit. */
+  dirty: Set<string>
+  timers: Map<string, TimerHeap>
+}
+
+export interface InputMessage {
+  stream: string
+  seq: number
+  subject: string
+  data: Uint8Array
+}
+
+export interface Outgoing {
+  subject: string
+  data: Uint8Array
+  msgId: string
+}
+
+export interface KernelOptions {
+  stepId: string
+  /** Allowed lateness of a project, ms: watermark = max event time − lateness. */
+  latenessOf: (project: string) => number
+  /** A key idle (in event time) longer than this starts again from init(). */
+  idleTtlMs: number
+  /** Wall clock, used only to stamp dead letters. */
+  clock: () => number
+}
+
+export interface KernelCounters {
+  applied: number
+  skipped: number
+  deadLettered: number
+  timersFired: number
+}
+
+export function emptyKeyGroup<State>(keyGroup: number, epoch: number): KeyGroupState<State> {
+  return { keyGroup, epoch, offsets: {}, maxEventTime: {}, keys: new Map(), dirty: new Set(), timers: new Map() }
+}
+
+export const watermarkKey = (project: string, source: Source) => `${project}|${source}`
+
+export function watermarkOf(group: KeyGroupState<unknown>, project: string, source: Source, lateness: number): number {
+  const max = group.maxEventTime[watermarkKey(project, source)]
+  return max === undefined ? Number.NEGATIVE_INFINITY : max - lateness
+}
+
+function scheduleTimer<State>(group: KeyGroupState<State>, key: string, entry: KeyEntry<State>) {
+  if (entry.wakeAt === undefined) return
+  const name = watermarkKey(entry.project, entry.source)
+  let heap = group.timers.get(name)
+  if (!heap) group.timers.set(name, (heap = new TimerHeap()))
+  heap.push(entry.wakeAt, key)
+}
+
+/** Rebuilds the timer heaps after a key group was loaded. */
+export function rebuildTimers<State>(group: KeyGroupState<State>): void {
+  group.timers.clear()
+  for (const [key, entry] of group.keys) scheduleTimer(group, key, entry)
+}
+
+function toOutgoing(stepId: string, emissions: Emission[], idPrefix: string, into: Outgoing[]) {
+  emissions.forEach((emission, index) => {
+    into.push({ subject: subjectFor(emission.project, emission.stage, emission.keyGroup), data: encode(emission.envelope), msgId: `${idPrefix}:${index}` })
+  })
+}
+
+function applyResult<State>(group: KeyGroupState<State>, key: string, entry: KeyEntry<State>, result: StepResult<State>) {
+  if (result.state === undefined) {
+    group.keys.delete(key)
+  } else {
+    entry.state = result.state
+    entry.wakeAt = result.wakeAt
+    group.keys.set(key, entry)
+    scheduleTimer(group, key, entry)
+  }
+  group.dirty.add(key)
+}
+
+/**
+ * Applies one input message to a key group, in place, and returns what to
+ * publish. Pure apart from mutating `group`: the same state and message always
+ * give the same state and the same outputs with the same ids, which is what
+ * makes replays after a crash effectively once.
+ */
+export function processMessage<State, Input>(
+  operator: Operator<State, Input>, group: KeyGroupState<State>, message: InputMessage, options: KernelOptions, counters: KernelCounters,
+): Outgoing[] {
+  const outgoing: Outgoing[] = []
+  const { stream, seq } = message
+  if (seq <= (group.offsets[stream] ?? 0)) {
+    counters.skipped++
+    return outgoing
+  }
+  group.offsets[stream] = seq
+  const idPrefix = `${options.stepId}:${stream}:${seq}`
+  let envelope
+  let input: Input
+  let key: string
+  try {
+    envelope = decodeEnvelope(message.data)
+    input = operator.toInput(envelope, { stream, seq })
+    // state is per project: two projects may well have a user of the same id
+    key = `${envelope.project}/${operator.keyOf(input)}`
+  } catch (error) {
+    const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, (error as Error).message, options.clock())
+    if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
+    counters.deadLettered++
+    return outgoing
+  }
+  const lateness = options.latenessOf(envelope.project)
+  const watermark = watermarkOf(group, envelope.project, envelope.source, lateness)
+  if (operator.stateless) {
+    try {
+      const result = operator.onEvent(operator.init(), input, { eventTime: envelope.time, watermark, source: envelope.source })
+      toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
+      counters.applied++
+    } catch (error) {
+      const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, `${operator.stepId} threw: ${(error as Error).message}`, options.clock())
+      if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
+      counters.deadLettered++
+    }
+    const name = watermarkKey(envelope.project, envelope.source)
+    group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time)
+    return outgoing
+  }
+  let entry = group.keys.get(key)
+  if (entry && (entry.applied[stream] ?? 0) >= seq) {
+    // applied before a crash that came before the checkpoint: its outputs are already out
+    counters.skipped++
+  } else {
+    if (!entry || envelope.time - entry.lastTime > options.idleTtlMs) {
+      entry = { state: operator.init(), applied: {}, lastTime: envelope.time, project: envelope.project, source: envelope.source }
+    }
+    try {
+      const result = operator.onEvent(entry.state, input, { eventTime: envelope.time, watermark, source: envelope.source })
+      entry.applied = { ...entry.applied, [stream]: seq }
+      entry.lastTime = Math.max(entry.lastTime, envelope.time)
+      entry.source = envelope.source
+      applyResult(group, key, entry, result)
+      toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
+      counters.applied++
+    } catch (error) {
+      const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, `${operator.stepId} threw: ${(error as Error).message}`, options.clock())
+      if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
+      counters.deadLettered++
+      return outgoing
+    }
+  }
+  const name = watermarkKey(envelope.project, envelope.source)
+  group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time)
+  fireTimers(operator, group, name, group.maxEventTime[name]! - lateness, `${idPrefix}:t`, outgoing, counters)
+  return outgoing
+}
+
+/** Runs onTimer for every key of one watermark whose wakeAt the watermark has passed. */
+function fireTimers<State, Input>(
+  operator: Operator<State, Input>, group: KeyGroupState<State>, name: string, watermark: number, idPrefix: string, outgoing: Outgoing[], counters: KernelCounters,
+) {
+  const heap = group.timers.get(name)
+  if (!heap || !operator.onTimer) return
+  let fired = 0
+  while (heap.size > 0 && heap.peek()!.at <= watermark) {
+    const { at, key } = heap.pop()!
+    const entry = group.keys.get(key)
+    if (!entry || entry.wakeAt !== at) continue // superseded by a later timer or dropped
+    entry.wakeAt = undefined
+    const result = operator.onTimer(entry.state, watermark)
+    applyResult(group, key, entry, result)
+    const emitted: Outgoing[] = []
+    toOutgoing(operator.stepId, result.emit, `${idPrefix}${fired}`, emitted)
+    outgoing.push(...emitted)
+    fired++
+    counters.timersFired++
+  }
+}

@@ -1,0 +1,170 @@
+import t from 'tap'
+import { jetstream } from '@nats-io/jetstream'
+import { connectNats } from '../broker/connect.ts'
+import { createLogger } from '../config/logger.ts'
+import { generateEvents } from '../operators/runtime/generator.ts'
+import { decodeEnvelope } from '../schemas/codec.ts'
+import type { DeadLetterEnvelope } from '../schemas/envelope.ts'
+import type { SegmentMessage } from '../schemas/segment.ts'
+import { applyTopology } from '../topology/apply.ts'
+import { counterTopology } from './fixtures/counter.ts'
+import { startNats } from './harness/nats.ts'
+import { countProblems, publishRaw, readEnriched, spawnCounter, type CounterProcess } from './harness/runtime.ts'
+import { eventually } from './harness/system.ts'
+
+/** A test's handle: the assertions of `t`, whatever plugins are built. */
+type Test = Pick<typeof t, 'equal' | 'same' | 'ok' | 'match' | 'teardown'>
+
+const KEY_GROUPS = 8
+const logger = createLogger('silent')
+
+async function setup(t: Test) {
+  const nats = await startNats()
+  const nc = await connectNats(nats.url, 'test', logger)
+  await applyTopology(nc, counterTopology(), { keyGroups: KEY_GROUPS })
+  const env = { NATS_URL: nats.url, KEY_GROUPS: String(KEY_GROUPS), LEASE_MS: '1500', HEARTBEAT_MS: '250', BATCH_SIZE: '50' }
+  const children: CounterProcess[] = []
+  const spawn = async (extra: Record<string, string> = {}, waitReady = true) => {
+    const child = await spawnCounter({ ...env, ...extra }, { waitReady })
+    children.push(child)
+    return child
+  }
+  t.teardown(async () => {
+    for (const { child } of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    await nc.close()
+    await nats.close()
+  })
+  return { nats, nc, spawn }
+}
+
+
+const events = (seed: number, count: number, users = 40): SegmentMessage[] => [...generateEvents({ seed, users, events: count })]
+
+async function expectExact(t: Test, nc: Awaited<ReturnType<typeof setup>>['nc'], project: string, inputs: SegmentMessage[], timeoutMs = 60_000) {
+  await eventually(`${inputs.length} outputs for ${project}`, async () => (await readEnriched(nc, project)).length >= inputs.length, timeoutMs)
+  // a doubled output would arrive late: give it the chance
+  await new Promise((r) => setTimeout(r, 500))
+  const outputs = await readEnriched(nc, project)
+  t.equal(outputs.length, inputs.length, `${project}: one output per input`)
+  t.same(countProblems(outputs, inputs), [], `${project}: every user's counts are 1..k, once each, in order`)
+}
+
+t.test('effectively once across SIGKILL at each failpoint', async (t) => {
+  const { nc, spawn } = await setup(t)
+  for (const point of ['before-publish', 'after-publish', 'after-commit'] as const) {
+    const project = `fp-${point}`
+    const inputs = events(point.length, 500)
+    await publishRaw(nc, project, inputs, KEY_GROUPS)
+    const doomed = await spawn({ SEGSTREAM_FAILPOINT: `${point}:3` }, false)
+    t.equal(await doomed.exited, null, `${point}: the process died at the failpoint (SIGKILL)`)
+    t.equal(doomed.child.signalCode, 'SIGKILL')
+    const survivor = await spawn()
+    await expectExact(t, nc, project, inputs)
+    survivor.child.kill('SIGTERM')
+    await survivor.exited
+  }
+})
+
+t.test('effectively once across random SIGKILLs under load', async (t) => {
+  const { nc, spawn } = await setup(t)
+  const inputs = events(42, 3000, 60)
+  let seed = 7
+  const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+  const publishing = publishRaw(nc, 'chaos', inputs, KEY_GROUPS)
+  for (let round = 0; round < 4; round++) {
+    const victim = await spawn()
+    await new Promise((r) => setTimeout(r, 200 + random() * 600))
+    victim.child.kill('SIGKILL')
+    await victim.exited
+  }
+  await publishing
+  await spawn()
+  await expectExact(t, nc, 'chaos', inputs)
+})
+
+t.test('ownership: key groups spread over three instances and move when one dies', async (t) => {
+  const { nc, spawn } = await setup(t)
+  const instances = [await spawn(), await spawn(), await spawn()]
+  await eventually('key groups spread over three', () => {
+    const owned = instances.map((i) => i.owned())
+    return owned.every((o) => o.length >= 2) && new Set(owned.flat()).size === KEY_GROUPS && owned.flat().length === KEY_GROUPS
+  }, 20_000)
+  t.same(instances.map((i) => i.owned().length).sort(), [2, 3, 3], 'a fair share each, no key group twice')
+
+  const first = events(1, 1500)
+  await publishRaw(nc, 'handoff', first, KEY_GROUPS)
+  instances[0]!.child.kill('SIGKILL')
+  const second = events(2, 1500).map((m) => ({ ...m, messageId: `second-${m.messageId}` }))
+  await publishRaw(nc, 'handoff', second, KEY_GROUPS)
+  await eventually('the survivors own every key group', () => {
+    const owned = [instances[1]!.owned(), instances[2]!.owned()]
+    return new Set(owned.flat()).size === KEY_GROUPS && owned.flat().length === KEY_GROUPS
+  }, 20_000)
+  await expectExact(t, nc, 'handoff', [...first, ...second])
+})
+
+t.test('a paused owner (SIGSTOP) that wakes after the hand-off cannot overwrite newer work', async (t) => {
+  const { nc, spawn } = await setup(t)
+  const a = await spawn()
+  const b = await spawn()
+  await eventually('two owners', () => a.owned().length > 0 && b.owned().length > 0 && a.owned().length + b.owned().length === KEY_GROUPS, 20_000)
+  const inputs = events(3, 3000, 50)
+  const publishing = publishRaw(nc, 'paused', inputs.slice(0, 1500), KEY_GROUPS)
+  await new Promise((r) => setTimeout(r, 150))
+  a.child.kill('SIGSTOP')
+  await publishing
+  await eventually('b took every key group', () => b.owned().length === KEY_GROUPS, 20_000)
+  await publishRaw(nc, 'paused', inputs.slice(1500), KEY_GROUPS)
+  a.child.kill('SIGCONT')
+  await expectExact(t, nc, 'paused', inputs)
+  // the woken instance rejoins and gets its share back, with the state b built
+  await eventually('a has a share again', () => a.owned().length > 0 && a.owned().length + b.owned().length === KEY_GROUPS, 20_000)
+  const more = events(4, 600, 50).map((m) => ({ ...m, messageId: `more-${m.messageId}` }))
+  await publishRaw(nc, 'paused', more, KEY_GROUPS)
+  await expectExact(t, nc, 'paused', [...inputs, ...more])
+})
+
+t.test('a poison message goes to the dead-letter subject and processing continues', async (t) => {
+  const { nc, spawn } = await setup(t)
+  await spawn()
+  const inputs = events(5, 200, 10)
+  const poison = { ...inputs[100]!, messageId: 'the-poison', event: 'poison' }
+  await publishRaw(nc, 'poison', [...inputs.slice(0, 100), poison, ...inputs.slice(100)], KEY_GROUPS)
+  await expectExact(t, nc, 'poison', inputs)
+  const js = jetstream(nc)
+  const consumer = await js.consumers.get('SEG_DLQ')
+  const letters: DeadLetterEnvelope[] = []
+  for await (const m of await consumer.fetch({ max_messages: 10, expires: 1000 })) letters.push(decodeEnvelope(m.data) as DeadLetterEnvelope)
+  t.equal(letters.length, 1, 'one dead letter')
+  t.equal(letters[0]!.data.stepId, 'counter')
+  t.match(letters[0]!.data.reason, /poison event/)
+  t.same((decodeEnvelope(letters[0]!.data.payload as Uint8Array) as { id: string }).id, 'the-poison', 'with the original payload')
+})
+
+t.test('nats-server restarted mid-stream: the operator waits, reconnects and resumes', async (t) => {
+  const { nats, nc, spawn } = await setup(t)
+  await spawn()
+  const inputs = events(6, 2000, 30)
+  await publishRaw(nc, 'restart', inputs.slice(0, 1000), KEY_GROUPS)
+  await nats.stop()
+  await new Promise((r) => setTimeout(r, 1000))
+  await nats.restart()
+  await eventually('client reconnected', async () => { try { await nc.flush(); return true } catch { return false } }, 20_000)
+  await publishRaw(nc, 'restart', inputs.slice(1000), KEY_GROUPS)
+  await expectExact(t, nc, 'restart', inputs, 90_000)
+})
+
+t.test('graceful stop checkpoints and hands over at once', async (t) => {
+  const { nc, spawn } = await setup(t)
+  const first = await spawn()
+  const inputs = events(8, 1000)
+  await publishRaw(nc, 'graceful', inputs.slice(0, 500), KEY_GROUPS)
+  await eventually('first half done', async () => (await readEnriched(nc, 'graceful')).length === 500)
+  first.child.kill('SIGTERM')
+  t.equal(await first.exited, 0, 'exits cleanly on SIGTERM')
+  const started = Date.now()
+  await spawn()
+  await publishRaw(nc, 'graceful', inputs.slice(500), KEY_GROUPS)
+  await expectExact(t, nc, 'graceful', inputs)
+  t.ok(Date.now() - started < 15_000, 'the next instance did not wait for leases to expire')
+})
