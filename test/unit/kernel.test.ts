@@ -1,0 +1,151 @@
+import t from 'tap'
+import { decode, decodeEnvelope, encode } from '../../schemas/codec.ts'
+import { ENVELOPE_VERSION, type EnrichedEventEnvelope, type RawEventEnvelope, type Source } from '../../schemas/envelope.ts'
+import { emptyKeyGroup, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type KernelCounters, type Outgoing } from '../../operators/runtime/kernel.ts'
+import type { Operator } from '../../operators/runtime/operator.ts'
+
+const GAP = 30 * 60_000
+const T0 = Date.parse('2019-05-01T00:00:00Z')
+
+/** Session-like test logic: counts events, wakes GAP after the last one, emits "closed:<n>". */
+const sessions: Operator<{ n: number }, RawEventEnvelope> = {
+  stepId: 'sessions',
+  init: () => ({ n: 0 }),
+  toInput(envelope) {
+    if (envelope.type !== 'raw_event') throw new Error('not a raw event')
+    if (envelope.data.event === 'boom') throw new Error('boom')
+    return envelope
+  },
+  keyOf: (input) => input.key,
+  onEvent(state, input, { eventTime }) {
+    const n = state.n + 1
+    return { state: { n }, emit: [emission(input, `event:${n}`)], wakeAt: eventTime + GAP }
+  },
+  onTimer(state, now) {
+    return { state: undefined, emit: [{ stage: 'enriched', project: 'p', keyGroup: 0, envelope: { ...baseOut('timer'), data: { name: `closed:${state.n}@${now}`, canonicalId: 'x', message: rawMessage('x', 'e', 0) } } }] }
+  },
+}
+
+const rawMessage = (user: string, event: string, time: number) => ({ type: 'track' as const, messageId: `${user}-${time}`, anonymousId: user, event, timestamp: new Date(time).toISOString(), receivedAt: new Date(time).toISOString() })
+const baseOut = (id: string): Omit<EnrichedEventEnvelope, 'data'> => ({ v: ENVELOPE_VERSION, type: 'enriched_event', project: 'p', id, time: 0, key: 'x', keyGroup: 0, source: 'live', origin: { stream: 'S', seq: 0 } })
+const emission = (input: RawEventEnvelope, name: string) => ({
+  stage: 'enriched' as const, project: input.project, keyGroup: 0,
+  envelope: { ...baseOut(input.id), key: input.key, data: { name, canonicalId: input.key, message: input.data } } as EnrichedEventEnvelope,
+})
+
+let seq = 0
+function message(user: string, time: number, options: { project?: string; source?: Source; event?: string; stream?: string } = {}): InputMessage {
+  const project = options.project ?? 'p'
+  const envelope: RawEventEnvelope = { v: ENVELOPE_VERSION, type: 'raw_event', project, id: `${user}-${time}`, time, key: user, keyGroup: 0, source: options.source ?? 'live', data: rawMessage(user, options.event ?? 'e', time) }
+  return { stream: options.stream ?? 'S', seq: ++seq, subject: `seg.${project}.raw.0`, data: encode(envelope) }
+}
+
+const options = { stepId: 'sessions', latenessOf: () => 60_000, idleTtlMs: 7 * 86_400_000, clock: () => 0 }
+const counters = (): KernelCounters => ({ applied: 0, skipped: 0, deadLettered: 0, timersFired: 0 })
+const names = (out: Outgoing[]) => out.map((o) => (decodeEnvelope(o.data) as EnrichedEventEnvelope).data.name ?? (decodeEnvelope(o.data) as { type: string }).type)
+const run = (group: KeyGroupState<{ n: number }>, messages: InputMessage[], c = counters()) => messages.flatMap((m) => processMessage(sessions, group, m, options, c))
+
+/** What the state store keeps and loads, without NATS: msgpack round trip of offsets and keys. */
+function checkpointRoundTrip(group: KeyGroupState<{ n: number }>): KeyGroupState<{ n: number }> {
+  const copy = emptyKeyGroup<{ n: number }>(group.keyGroup, group.epoch)
+  copy.offsets = decode(encode(group.offsets)) as Record<string, number>
+  copy.maxEventTime = decode(encode(group.maxEventTime)) as Record<string, number>
+  for (const [key, entry] of group.keys) copy.keys.set(key, decode(encode(entry)) as typeof entry)
+  rebuildTimers(copy)
+  return copy
+}
+
+t.test('outputs carry ids derived from (stepId, stream, seq, index)', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ n: number }>(0, 1)
+  const out = run(group, [message('u1', T0), message('u1', T0 + 1000), message('u2', T0 + 2000)])
+  t.same(out.map((o) => o.msgId), ['sessions:S:1:0', 'sessions:S:2:0', 'sessions:S:3:0'])
+  t.same(names(out), ['event:1', 'event:2', 'event:1'])
+  t.same(out.map((o) => o.subject), ['seg.p.enriched.0', 'seg.p.enriched.0', 'seg.p.enriched.0'])
+  t.same(group.offsets, { S: 3 })
+  t.same([...group.dirty].sort(), ['p/u1', 'p/u2'], 'changed keys are marked, per project')
+})
+
+t.test('a replay from any checkpoint reproduces the same outputs with the same ids', async (t) => {
+  seq = 0
+  const messages = Array.from({ length: 60 }, (_, i) => message(`u${i % 4}`, T0 + i * 7 * 60_000))
+  const reference = run(emptyKeyGroup(0, 1), messages)
+  for (const cut of [0, 1, 17, 30, 59]) {
+    const group = emptyKeyGroup<{ n: number }>(0, 1)
+    const before = run(group, messages.slice(0, cut))
+    const resumed = checkpointRoundTrip(group)
+    const after = run(resumed, messages)
+    t.same([...before, ...after].map((o) => [o.msgId, names([o])[0]]), reference.map((o) => [o.msgId, names([o])[0]]), `checkpoint after ${cut} messages`)
+  }
+})
+
+t.test('inputs at or below the checkpoint are skipped, and so are inputs a key already applied', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ n: number }>(0, 1)
+  const messages = [message('u1', T0), message('u1', T0 + 1), message('u2', T0 + 2)]
+  run(group, messages)
+  const c = counters()
+  t.same(run(group, messages, c), [], 'everything at or below the offset is skipped')
+  t.equal(c.skipped, 3)
+  // a crash after u1's state was written but before the checkpoint moved
+  const crashed = checkpointRoundTrip(group)
+  crashed.offsets = { S: 0 }
+  const c2 = counters()
+  const replayed = run(crashed, messages, c2)
+  t.same(replayed, [], 'keys that already applied these inputs apply nothing again')
+  t.equal(crashed.keys.get('p/u1')!.state.n, 2, 'u1 counted twice, not four times')
+  t.equal(c2.skipped, 3)
+})
+
+t.test('timers fire when the watermark of their project and source passes them', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ n: number }>(0, 1)
+  run(group, [message('u1', T0), message('u1', T0 + 60_000)])
+  t.equal(group.keys.get('p/u1')!.wakeAt, T0 + 60_000 + GAP)
+  // watermark = max event time - 1 min lateness: u2 at wakeAt + 59 s is not enough...
+  t.same(names(run(group, [message('u2', T0 + 60_000 + GAP + 59_000)])), ['event:1'])
+  // ...an import far in the future is another source: it does not close live sessions
+  t.same(names(run(group, [message('u3', T0 + 10 * GAP, { source: 'import' })])), ['event:1'])
+  t.same(names(run(group, [message('u3', T0 + 10 * GAP, { project: 'other' })])), ['event:1'], 'nor does another project')
+  const out = run(group, [message('u2', T0 + 60_000 + GAP + 60_000)])
+  t.same(names(out), ['event:2', `closed:2@${T0 + 60_000 + GAP}`], 'the live watermark reaching wakeAt closes u1')
+  t.equal(out[1]!.msgId, `sessions:S:${seq}:t0:0`, 'a timer output id derives from the input that advanced the watermark')
+  t.notOk(group.keys.has('p/u1'), 'the timer dropped the key')
+  t.ok(group.dirty.has('p/u1'), 'and the drop will be written')
+})
+
+t.test('a later event moves the timer; the superseded one does not fire', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ n: number }>(0, 1)
+  run(group, [message('u1', T0), message('u1', T0 + GAP - 1000)])
+  const out = run(group, [message('u9', T0 + GAP + 120_000)])
+  t.same(names(out), ['event:1'], 'u1 is still open: its first timer was superseded')
+  t.same(names(run(group, [message('u9', T0 + 2 * GAP + 60_000)])).slice(-1), [`closed:2@${T0 + 2 * GAP}`])
+})
+
+t.test('a key idle longer than the TTL (in event time) starts again from init()', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ n: number }>(0, 1)
+  const noTimers = { ...sessions, onTimer: undefined }
+  const c = counters()
+  processMessage(noTimers, group, message('u1', T0), options, c)
+  processMessage(noTimers, group, message('u1', T0 + 86_400_000), options, c)
+  const out = processMessage(noTimers, group, message('u1', T0 + 9 * 86_400_000), options, c)
+  t.same(names(out), ['event:1'], 'eight idle days > the 7-day TTL: counted from scratch')
+})
+
+t.test('a message that cannot be decoded or makes the logic throw becomes a dead letter', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ n: number }>(0, 1)
+  const c = counters()
+  const garbage: InputMessage = { stream: 'S', seq: ++seq, subject: 'seg.p.raw.0', data: Uint8Array.from([0xc1, 0x00]) }
+  const boom = message('u1', T0, { event: 'boom' })
+  const out = [...processMessage(sessions, group, garbage, options, c), ...processMessage(sessions, group, boom, options, c), ...run(group, [message('u1', T0 + 1)], c)]
+  t.same(out.map((o) => o.subject), ['seg.p.dlq.0', 'seg.p.dlq.0', 'seg.p.enriched.0'])
+  const letters = out.slice(0, 2).map((o) => decodeEnvelope(o.data) as { data: { stepId: string; reason: string; seq: number } })
+  t.same(letters.map((l) => l.data.stepId), ['sessions', 'sessions'])
+  t.match(letters[1]!.data.reason, /boom/)
+  t.equal(out[0]!.msgId, 'sessions:S:1:0', 'dead letters have deterministic ids too')
+  t.equal(c.deadLettered, 2)
+  t.equal(group.offsets.S, 3, 'processing continued past them')
+})
