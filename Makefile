@@ -8,7 +8,7 @@ ROOT := $(CURDIR)
 export PATH := $(ROOT)/node_modules/.bin:$(ROOT)/.tools/bin:/usr/local/go/bin:$(PATH)
 export GOBIN := $(ROOT)/.tools/bin
 
-.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench-ingest
+.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench-ingest bench-runtime
 
 help:
 	@echo "make up        run the local stack (nats-server, database, operators, gateway on :8080)"
@@ -69,3 +69,6 @@ clean-data:
 
 bench-ingest: setup
 	node bench/ingest.ts
+
+bench-runtime: setup
+	node bench/runtime.ts

@@ -4,6 +4,7 @@ import { ConfigError, loadConfig, type Config } from '../config/env.ts'
 import { createLogger } from '../config/logger.ts'
 import { createProject, listProjects, ProjectError, rotateKey } from '../projects/registry.ts'
 import { importFile, ImportError } from './import.ts'
+import { listDeadLetters, replayDeadLetters } from './dlq.ts'
 import { openStore } from '../store/store.ts'
 import { applyTopology, IncompatibleChangeError } from '../topology/apply.ts'
 import { segstreamTopology } from '../topology/definition.ts'
@@ -23,6 +24,10 @@ const USAGE = `segstream <command>
   import <file.ndjson> --api-key KEY [--url http://localhost:8080] [--batch-size 1000] [--restart]
                              import history (one Segment message per line) through POST /v1/import;
                              resumable: an interrupted import continues where it stopped
+  dlq list [--project P] [--step S]
+                             dead letters with their step and reason
+  dlq replay [--project P] [--step S] [--seq N ...]
+                             re-inject dead letters after a fix (each once)
   run [stepId ...]           run operator steps in this process (all when none named)
   gateway                    run the HTTP gateway
   up                         the local stack: nats-server, database, every step, gateway
@@ -128,6 +133,26 @@ async function main(argv: string[]): Promise<number> {
       if (result.resumedFromLine > 0) console.log(`resumed after line ${result.resumedFromLine}`)
       console.log(`imported ${result.lines} lines: ${result.accepted} accepted (${result.duplicates} already stored), ${result.rejected} rejected${result.rejected ? ` (see ${result.rejectsFile})` : ''}`)
       return 0
+    }
+    case 'dlq': {
+      const { values } = parseArgs({ args: rest, options: { project: { type: 'string' }, step: { type: 'string' }, seq: { type: 'string', multiple: true } } })
+      return withNats(config, async (nc) => {
+        const wanted = new Set((values.seq ?? []).map(Number))
+        const rows = (await listDeadLetters(nc, values.project, 100_000)).filter((row) =>
+          (!values.step || row.letter.data.stepId === values.step) && (wanted.size === 0 || wanted.has(row.seq)))
+        if (sub === 'list') {
+          for (const { seq, letter } of rows) console.log(`${String(seq).padStart(8)}  ${new Date(letter.time).toISOString()}  ${letter.project}  ${letter.data.stepId.padEnd(12)}  ${letter.id}  ${letter.data.reason}`)
+          console.log(`${rows.length} dead letters`)
+          return 0
+        }
+        if (sub === 'replay') {
+          const { replayed, refusedAgain } = await replayDeadLetters(nc, rows, config.keyGroups)
+          console.log(`replayed ${replayed} dead letters${refusedAgain ? `; ${refusedAgain} refused again (back in the dead-letter stream)` : ''}`)
+          return 0
+        }
+        console.error('usage: segstream dlq list|replay [--project P] [--step S] [--seq N ...]')
+        return 2
+      })
     }
     case 'run':
     case 'gateway':

@@ -11,6 +11,7 @@ import { counterTopology } from './fixtures/counter.ts'
 import { startNats } from './harness/nats.ts'
 import { countProblems, publishRaw, readEnriched, spawnCounter, type CounterProcess } from './harness/runtime.ts'
 import { eventually } from './harness/system.ts'
+import { listDeadLetters, replayDeadLetters } from '../cli/dlq.ts'
 
 /** A test's handle: the assertions of `t`, whatever plugins are built. */
 type Test = Pick<typeof t, 'equal' | 'same' | 'ok' | 'match' | 'teardown'>
@@ -126,7 +127,7 @@ t.test('a paused owner (SIGSTOP) that wakes after the hand-off cannot overwrite 
 
 t.test('a poison message goes to the dead-letter subject and processing continues', async (t) => {
   const { nc, spawn } = await setup(t)
-  await spawn()
+  const first = await spawn()
   const inputs = events(5, 200, 10)
   const poison = { ...inputs[100]!, messageId: 'the-poison', event: 'poison' }
   await publishRaw(nc, 'poison', [...inputs.slice(0, 100), poison, ...inputs.slice(100)], KEY_GROUPS)
@@ -139,6 +140,16 @@ t.test('a poison message goes to the dead-letter subject and processing continue
   t.equal(letters[0]!.data.stepId, 'counter')
   t.match(letters[0]!.data.reason, /poison event/)
   t.same((decodeEnvelope(letters[0]!.data.payload as Uint8Array) as { id: string }).id, 'the-poison', 'with the original payload')
+
+  // after a fix, `segstream dlq replay` re-injects it, once
+  first.child.kill('SIGTERM')
+  await first.exited
+  await spawn({ ACCEPT_POISON: '1' })
+  const listed = await listDeadLetters(nc, 'poison')
+  t.same(listed.map((row) => row.letter.id), [letters[0]!.id], 'dlq list shows it')
+  t.same(await replayDeadLetters(nc, listed, KEY_GROUPS), { replayed: 1, refusedAgain: 0 })
+  t.same(await listDeadLetters(nc, 'poison'), [], 'the replayed letter left the dead-letter stream')
+  await expectExact(t, nc, 'poison', [...inputs, poison])
 })
 
 t.test('nats-server restarted mid-stream: the operator waits, reconnects and resumes', async (t) => {
