@@ -12,6 +12,9 @@ import type { Operator } from './operator.ts'
 import { backoffMs, sleep } from './retry.ts'
 import { FencedError, StateStore } from './state-store.ts'
 
+/** Key groups committed at once; well under the server's 50 atomic batches in flight per stream. */
+const COMMIT_CONCURRENCY = 16
+
 /** Named places where a test can make the process die (SEGSTREAM_FAILPOINT). */
 export type Failpoint = 'after-publish' | 'after-commit' | 'before-publish'
 
@@ -200,15 +203,19 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
     }
     failpoint('after-publish')
     let rewound = false
-    await Promise.all([...touched].map(async (keyGroup) => {
-      const owned = groups.get(keyGroup)
-      if (!owned) return
-      try {
-        owned.revision = await store.commit(owned.group, owned.revision, owned.committed)
-        owned.committed = { ...owned.group.offsets }
-      } catch (error) {
-        rewound = true
-        await rewind(keyGroup, error)
+    // the server allows 50 atomic batches in flight per stream: commit a few key groups at a time
+    const pendingGroups = [...touched]
+    await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, pendingGroups.length) }, async () => {
+      for (let keyGroup = pendingGroups.shift(); keyGroup !== undefined; keyGroup = pendingGroups.shift()) {
+        const owned = groups.get(keyGroup)
+        if (!owned) continue
+        try {
+          owned.revision = await store.commit(owned.group, owned.revision, owned.committed)
+          owned.committed = { ...owned.group.offsets }
+        } catch (error) {
+          rewound = true
+          await rewind(keyGroup, error)
+        }
       }
     }))
     if (rewound) await restartPumps()
