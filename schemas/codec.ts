@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
-import { AnyEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, RawEventEnvelope } from './envelope.ts'
+import { AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, RawEventEnvelope } from './envelope.ts'
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
@@ -46,6 +46,7 @@ const byType = {
   raw_event: validator(RawEventEnvelope, 'envelope'),
   enriched_event: validator(EnrichedEventEnvelope, 'envelope'),
   dead_letter: validator(DeadLetterEnvelope, 'envelope'),
+  control: validator(ControlEnvelope, 'envelope'),
 } as const
 
 /** Decodes and validates any segstream message. Throws SchemaError on a bad message. */

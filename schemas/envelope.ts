@@ -67,5 +67,25 @@ export type DeadLetter = Static<typeof DeadLetter>
 export const DeadLetterEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('dead_letter'), data: DeadLetter })
 export type DeadLetterEnvelope = Static<typeof DeadLetterEnvelope>
 
-export const AnyEnvelope = Type.Union([RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope])
+export const Control = Type.Object({
+  /** The step whose behaviour it changes. */
+  stepId: Type.String(),
+  /** What is defined, e.g. a funnel id. */
+  name: Type.String(),
+  version: Type.Integer({ minimum: 1 }),
+  /** The definition; null deletes it. */
+  definition: Type.Unknown(),
+})
+export type Control = Static<typeof Control>
+
+/**
+ * A definition change (funnel, segment, setting) for one step, published into
+ * every key group of the step's input stage: its position in each key group's
+ * input sequence is where it takes effect, so a replay applies it at the same
+ * point. Other readers of the stage skip it.
+ */
+export const ControlEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('control'), data: Control })
+export type ControlEnvelope = Static<typeof ControlEnvelope>
+
+export const AnyEnvelope = Type.Union([RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

@@ -11,6 +11,8 @@ import { counterTopology } from './fixtures/counter.ts'
 import { startNats } from './harness/nats.ts'
 import { countProblems, publishRaw, readEnriched, spawnCounter, type CounterProcess } from './harness/runtime.ts'
 import { eventually } from './harness/system.ts'
+import { PipelinedPublisher } from '../broker/publisher.ts'
+import { publishControl } from '../operators/runtime/control.ts'
 import { listDeadLetters, replayDeadLetters } from '../cli/dlq.ts'
 
 /** A test's handle: the assertions of `t`, whatever plugins are built. */
@@ -178,4 +180,23 @@ t.test('graceful stop checkpoints and hands over at once', async (t) => {
   await publishRaw(nc, 'graceful', inputs.slice(500), KEY_GROUPS)
   await expectExact(t, nc, 'graceful', inputs)
   t.ok(Date.now() - started < 15_000, 'the next instance did not wait for leases to expire')
+})
+
+t.test('a definition published as control messages takes effect at one point, across a crash', async (t) => {
+  const { nc, spawn } = await setup(t)
+  const inputs = events(9, 900, 20)
+  await publishRaw(nc, 'defs', inputs.slice(0, 300), KEY_GROUPS)
+  const publisher = new PipelinedPublisher(nc)
+  t.teardown(() => publisher.close())
+  t.equal(await publishControl(publisher, { project: 'defs', stages: ['raw'], keyGroups: KEY_GROUPS, control: { stepId: 'counter', name: 'labels', version: 1, definition: { label: 'v1' } }, time: 0 }), KEY_GROUPS)
+  await publishRaw(nc, 'defs', inputs.slice(300), KEY_GROUPS)
+  // killed after its second commit, then replayed by the next instance
+  const doomed = await spawn({ SEGSTREAM_FAILPOINT: 'after-commit:2' }, false)
+  await doomed.exited
+  await spawn()
+  await expectExact(t, nc, 'defs', inputs)
+  const outputs = await readEnriched(nc, 'defs')
+  const labelled = outputs.filter((o) => o.data.name.endsWith(':v1')).map((o) => o.id.replace(/:count$/, ''))
+  const expected = inputs.slice(300).map((m) => m.messageId)
+  t.same(labelled.sort(), expected.sort(), 'exactly the events after the definition carry its label')
 })

@@ -27,6 +27,8 @@ export interface KeyGroupState<State> {
   /** Per `project|source`, the largest event time seen. */
   maxEventTime: Record<string, number>
   keys: Map<string, KeyEntry<State>>
+  /** Per project, the definitions in force (from control messages); checkpointed with the offsets. */
+  control: Record<string, unknown>
   /** Keys changed (or dropped) since the last commit. */
   dirty: Set<string>
   timers: Map<string, TimerHeap>
@@ -63,7 +65,7 @@ export interface KernelCounters {
 }
 
 export function emptyKeyGroup<State>(keyGroup: number, epoch: number): KeyGroupState<State> {
-  return { keyGroup, epoch, offsets: {}, maxEventTime: {}, keys: new Map(), dirty: new Set(), timers: new Map() }
+  return { keyGroup, epoch, offsets: {}, maxEventTime: {}, keys: new Map(), control: {}, dirty: new Set(), timers: new Map() }
 }
 
 export const watermarkKey = (project: string, source: Source) => `${project}|${source}`
@@ -127,6 +129,13 @@ export function processMessage<State, Input>(
   let key: string
   try {
     envelope = decodeEnvelope(message.data)
+    if (envelope.type === 'control') {
+      // a definition change takes effect here, at this input position, in every replay too
+      if (envelope.data.stepId === operator.stepId && operator.onControl) {
+        group.control[envelope.project] = operator.onControl(group.control[envelope.project], envelope.data)
+      }
+      return outgoing
+    }
     input = operator.toInput(envelope, { stream, seq })
     // state is per project: two projects may well have a user of the same id
     key = `${envelope.project}/${operator.keyOf(input)}`
@@ -140,7 +149,7 @@ export function processMessage<State, Input>(
   const watermark = watermarkOf(group, envelope.project, envelope.source, lateness)
   if (operator.stateless) {
     try {
-      const result = operator.onEvent(operator.init(), input, { eventTime: envelope.time, watermark, source: envelope.source })
+      const result = operator.onEvent(operator.init(), input, { eventTime: envelope.time, watermark, source: envelope.source, control: group.control[envelope.project] })
       toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
       counters.applied++
     } catch (error) {
@@ -161,7 +170,7 @@ export function processMessage<State, Input>(
       entry = { state: operator.init(), applied: {}, lastTime: envelope.time, project: envelope.project, source: envelope.source }
     }
     try {
-      const result = operator.onEvent(entry.state, input, { eventTime: envelope.time, watermark, source: envelope.source })
+      const result = operator.onEvent(entry.state, input, { eventTime: envelope.time, watermark, source: envelope.source, control: group.control[envelope.project] })
       entry.applied = { ...entry.applied, [stream]: seq }
       entry.lastTime = Math.max(entry.lastTime, envelope.time)
       entry.source = envelope.source

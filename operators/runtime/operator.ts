@@ -1,4 +1,4 @@
-import type { AnyEnvelope, Origin, Source } from '../../schemas/envelope.ts'
+import type { AnyEnvelope, Control, Origin, Source } from '../../schemas/envelope.ts'
 import type { Stage } from '../../topology/subjects.ts'
 
 /** A message an operator wants published. The runtime picks the subject and the id. */
@@ -24,6 +24,8 @@ export interface EventContext {
   /** The key group's watermark for the input's project and source, ms (before this input). */
   watermark: number
   source: Source
+  /** The definitions in force for the input's project at this point of the input sequence. */
+  control: unknown
 }
 
 /**
@@ -42,6 +44,11 @@ export interface Operator<State, Input> {
   /** The key (user) whose state this input touches. */
   keyOf(input: Input): string
   onEvent(state: State, input: Input, context: EventContext): StepResult<State>
+  /**
+   * Applies a definition change (a control message) to the project's definitions:
+   * pure, like everything here. Operators without it ignore control messages.
+   */
+  onControl?(definitions: unknown, control: Control): unknown
   /** Runs when the watermark passes the key's wakeAt; `now` is that watermark. */
   onTimer?(state: State, now: number): StepResult<State>
 }

@@ -61,7 +61,13 @@ export async function runSink<Row>(options: RunSinkOptions<Row>): Promise<void> 
       const good: { message: JsMsg; row: Row }[] = []
       for (const message of messages) {
         try {
-          good.push({ message, row: options.toRow(decodeEnvelope(message.data), message.seq) })
+          const envelope = decodeEnvelope(message.data)
+          // definition changes travel on the operators' input stages; they are not rows
+          if (envelope.type === 'control') {
+            message.ack()
+            continue
+          }
+          good.push({ message, row: options.toRow(envelope, message.seq) })
         } catch (error) {
           await deadLetter(message, (error as Error).message)
           message.ack()

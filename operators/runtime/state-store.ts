@@ -21,6 +21,7 @@ interface StoredCheckpoint {
   epoch: number
   offsets: Record<string, number>
   maxEventTime: Record<string, number>
+  control?: Record<string, unknown>
 }
 
 interface StoredKey {
@@ -83,6 +84,7 @@ export class StateStore {
         epoch = checkpoint.epoch
         group.offsets = checkpoint.offsets
         group.maxEventTime = checkpoint.maxEventTime
+        group.control = checkpoint.control ?? {}
         return
       }
       if (operation === 'DEL' || operation === 'PURGE') return
@@ -116,7 +118,7 @@ export class StateStore {
   }
 
   async #writeCheckpoint(group: KeyGroupState<unknown>, revision: number, offsets: Record<string, number>): Promise<number> {
-    const value: StoredCheckpoint = { epoch: group.epoch, offsets, maxEventTime: group.maxEventTime }
+    const value: StoredCheckpoint = { epoch: group.epoch, offsets, maxEventTime: group.maxEventTime, control: group.control }
     try {
       const ack = await this.#js.publish(this.#checkpointSubject(group.keyGroup), encode(value), { expect: { lastSubjectSequence: revision } })
       return ack.seq
@@ -138,7 +140,7 @@ export class StateStore {
       const chunk = dirty.slice(start, start + MAX_BATCH - 1)
       const last = start + MAX_BATCH - 1 >= dirty.length
       // only the last chunk moves the offsets: keys of earlier chunks carry their own applied sequence
-      const checkpoint: StoredCheckpoint = { epoch: group.epoch, offsets: last ? group.offsets : committedOffsets, maxEventTime: group.maxEventTime }
+      const checkpoint: StoredCheckpoint = { epoch: group.epoch, offsets: last ? group.offsets : committedOffsets, maxEventTime: group.maxEventTime, control: group.control }
       try {
         const batch = await this.#js.startBatch(this.#checkpointSubject(group.keyGroup), encode(checkpoint), { expect: { lastSubjectSequence: current } })
         for (let i = 0; i < chunk.length - 1; i++) this.#add(batch, group, chunk[i]!)

@@ -58,7 +58,7 @@ t.test('createEnrich', async (t) => {
       const snapshot = JSON.stringify(raw)
       const input = { envelope: raw, origin }
       t.equal(enrich.keyOf(input), raw.key, `${label}: keyed by the raw routing key`)
-      const result = enrich.onEvent(state, input, { eventTime: TIME, watermark: TIME, source: 'live' })
+      const result = enrich.onEvent(state, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
       t.equal(result.state, state, `${label}: state unchanged`)
       t.equal(result.wakeAt, undefined, `${label}: no timer`)
       t.equal(result.emit.length, 1, `${label}: one output`)
@@ -80,11 +80,11 @@ t.test('createEnrich', async (t) => {
     }
   }
   const enrich = createEnrich({ keyGroups: 64 })
-  const a = enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-a', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live' })
-  const b = enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-b', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live' })
+  const a = enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-a', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
+  const b = enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-b', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
   t.equal(a.emit[0]!.keyGroup, b.emit[0]!.keyGroup, 'two devices of one user meet in one key group')
   t.equal(a.emit[0]!.envelope.key, 'same-user', 'keyed by the user')
-  t.equal(enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', userId: 'foobar' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live' }).emit[0]!.keyGroup, 40, 'pinned: foobar -> key group 40 of 64')
+  t.equal(enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', userId: 'foobar' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined }).emit[0]!.keyGroup, 40, 'pinned: foobar -> key group 40 of 64')
 })
 
 t.test('eventRowOf', async (t) => {

@@ -50,6 +50,7 @@ function checkpointRoundTrip(group: KeyGroupState<{ n: number }>): KeyGroupState
   const copy = emptyKeyGroup<{ n: number }>(group.keyGroup, group.epoch)
   copy.offsets = decode(encode(group.offsets)) as Record<string, number>
   copy.maxEventTime = decode(encode(group.maxEventTime)) as Record<string, number>
+  copy.control = decode(encode(group.control)) as Record<string, unknown>
   for (const [key, entry] of group.keys) copy.keys.set(key, decode(encode(entry)) as typeof entry)
   rebuildTimers(copy)
   return copy
@@ -148,4 +149,44 @@ t.test('a message that cannot be decoded or makes the logic throw becomes a dead
   t.equal(out[0]!.msgId, 'sessions:S:1:0', 'dead letters have deterministic ids too')
   t.equal(c.deadLettered, 2)
   t.equal(group.offsets.S, 3, 'processing continued past them')
+})
+
+/** Labels each output with the label defined for its project by control messages. */
+const labelled: Operator<{ n: number }, RawEventEnvelope> = {
+  ...sessions,
+  onTimer: undefined,
+  onControl: (_definitions, control) => control.definition,
+  onEvent(state, input, { control }) {
+    const n = state.n + 1
+    return { state: { n }, emit: [emission(input, `${(control as { label?: string } | undefined)?.label ?? 'none'}:${n}`)] }
+  },
+}
+
+function controlMessage(stepId: string, label: string | null, version: number, project = 'p'): InputMessage {
+  const envelope = { v: ENVELOPE_VERSION, type: 'control' as const, project, id: `c${version}`, time: 0, key: 'labels', keyGroup: 0, source: 'live' as const, data: { stepId, name: 'labels', version, definition: label === null ? null : { label } } }
+  return { stream: 'S', seq: ++seq, subject: `seg.${project}.raw.0`, data: encode(envelope) }
+}
+
+t.test('control messages take effect at their input position, in every replay too', async (t) => {
+  seq = 0
+  const messages = [
+    message('u1', T0), message('u2', T0 + 1),
+    controlMessage('sessions', 'A', 1),
+    message('u1', T0 + 2), controlMessage('other-step', 'X', 1), controlMessage('sessions', 'Z', 1, 'q'),
+    message('u2', T0 + 3),
+    controlMessage('sessions', 'B', 2),
+    message('u1', T0 + 4), message('u3', T0 + 5),
+  ]
+  const c = counters()
+  const referenceGroup = emptyKeyGroup<{ n: number }>(0, 1)
+  const reference = messages.flatMap((m) => processMessage(labelled, referenceGroup, m, options, c))
+  t.same(names(reference), ['none:1', 'none:1', 'A:2', 'A:2', 'B:3', 'B:1'], 'each definition applies from its position on; other steps and projects are ignored')
+  t.equal(c.deadLettered, 0, 'a control message for another step is skipped, not dead-lettered')
+  for (const cut of [2, 3, 5, 7, 8]) {
+    const group = emptyKeyGroup<{ n: number }>(0, 1)
+    const before = messages.slice(0, cut).flatMap((m) => processMessage(labelled, group, m, options, counters()))
+    const resumed = checkpointRoundTrip(group)
+    const after = messages.flatMap((m) => processMessage(labelled, resumed, m, options, counters()))
+    t.same(names([...before, ...after]), names(reference), `resumed from a checkpoint after ${cut} messages`)
+  }
 })
