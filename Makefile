@@ -59,7 +59,7 @@ test: setup typecheck .tools/chromium.ok
 	tap
 
 test-chaos: setup
-	SEGSTREAM_CHAOS=1 tap test/chaos
+	SEGSTREAM_CHAOS=1 tap test/chaos/*.test.ts
 
 graph: setup
 	@node bin/segstream.js topology graph

@@ -7,7 +7,9 @@ import { decodeEnvelope } from '../schemas/codec.ts'
 import type { DeadLetterEnvelope } from '../schemas/envelope.ts'
 import type { SegmentMessage } from '../schemas/segment.ts'
 import { applyTopology } from '../topology/apply.ts'
-import { counterTopology } from './fixtures/counter.ts'
+import { counter, counterTopology } from './fixtures/counter.ts'
+import { Metrics } from '../operators/runtime/metrics.ts'
+import { startInstance } from '../operators/runtime/instance.ts'
 import { startNats } from './harness/nats.ts'
 import { countProblems, publishRaw, readEnriched, spawnCounter, type CounterProcess } from './harness/runtime.ts'
 import { eventually } from './harness/system.ts'
@@ -199,4 +201,25 @@ t.test('a definition published as control messages takes effect at one point, ac
   const labelled = outputs.filter((o) => o.data.name.endsWith(':v1')).map((o) => o.id.replace(/:count$/, ''))
   const expected = inputs.slice(300).map((m) => m.messageId)
   t.same(labelled.sort(), expected.sort(), 'exactly the events after the definition carry its label')
+})
+
+t.test('metrics: Prometheus text with events, owned key groups, lag and watermark delay', async (t) => {
+  const { nc } = await setup(t)
+  const topology = counterTopology()
+  const metrics = new Metrics()
+  const publisher = new PipelinedPublisher(nc)
+  const instance = startInstance({ nc, publisher, operator: counter, step: topology.steps[1]!, topology, keyGroups: KEY_GROUPS, logger, metrics, leaseMs: 1500, heartbeatMs: 250 })
+  t.teardown(async () => { await instance.stop(); publisher.close() })
+  await instance.start()
+  const inputs = events(10, 300, 10)
+  await publishRaw(nc, 'metrics', inputs, KEY_GROUPS)
+  await expectExact(t, nc, 'metrics', inputs)
+  const text = await metrics.render()
+  t.match(text, /# TYPE segstream_events_in_total counter/)
+  t.match(text, /segstream_events_in_total\{step="counter"\} 300\b/, 'every input counted')
+  t.match(text, /segstream_events_out_total\{step="counter"\} 300\b/)
+  t.match(text, new RegExp(`segstream_owned_key_groups\\{step="counter",instance="${instance.instanceId}"\\} ${KEY_GROUPS}`))
+  t.match(text, /segstream_consumer_lag\{step="counter",stream="SEG_RAW",key_group="0"\} 0\b/, 'no lag once caught up')
+  t.match(text, /segstream_watermark_delay_seconds\{step="counter",key_group="\d+",project="metrics",source="live"\} \d/)
+  t.match(text, /segstream_state_keys\{step="counter",key_group="\d+"\} \d+/)
 })

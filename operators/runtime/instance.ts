@@ -252,25 +252,26 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   if (metrics) {
     metrics.collect(async () => {
       metrics.set('segstream_owned_key_groups', 'key groups this instance owns', { step: stepId, instance: instanceId }, groups.size)
-      metrics.set('segstream_dead_lettered_total', 'inputs sent to the dead-letter subject', { step: stepId }, counters.deadLettered)
-      metrics.set('segstream_timers_fired_total', 'event-time timers fired', { step: stepId }, counters.timersFired)
+      metrics.setCounter('segstream_dead_lettered_total', 'inputs sent to the dead-letter subject', { step: stepId }, counters.deadLettered)
+      metrics.setCounter('segstream_timers_fired_total', 'event-time timers fired', { step: stepId }, counters.timersFired)
       const jsm = await jetstreamManager(nc)
       for (const input of inputs) {
         const info = await jsm.streams.info(input.stream, { subjects_filter: input.filterSubjects[0]! }).catch(() => undefined)
-        const perKeyGroup = new Map<number, number>()
-        for (const [subject, count] of Object.entries(info?.state.subjects ?? {})) {
+        // the last sequence of each key group's subjects (one per project), via direct gets
+        const lastSeq = new Map<number, number>()
+        for (const subject of Object.keys(info?.state.subjects ?? {})) {
           const keyGroup = Number(subject.slice(subject.lastIndexOf('.') + 1))
-          perKeyGroup.set(keyGroup, (perKeyGroup.get(keyGroup) ?? 0) + count)
+          if (!groups.has(keyGroup)) continue
+          const last = await jsm.streams.getMessage(input.stream, { last_by_subj: subject }).catch(() => undefined)
+          if (last) lastSeq.set(keyGroup, Math.max(lastSeq.get(keyGroup) ?? 0, last.seq))
         }
         for (const [keyGroup, owned] of groups) {
-          // lag in messages is approximated from the stream's last sequence: exact per subject needs a scan
-          const last = info?.state.last_seq ?? 0
-          metrics.set('segstream_consumer_lag', 'input sequence not yet checkpointed', { step: stepId, stream: input.stream, key_group: keyGroup }, Math.max(0, last - (owned.group.offsets[input.stream] ?? 0)))
-          for (const [name, max] of Object.entries(owned.group.maxEventTime)) {
+          // lag: how far the key group's newest input is beyond its checkpoint, in stream sequence
+          metrics.set('segstream_consumer_lag', 'stream sequences between the checkpoint and the key group\'s newest input', { step: stepId, stream: input.stream, key_group: keyGroup }, Math.max(0, (lastSeq.get(keyGroup) ?? 0) - (owned.group.offsets[input.stream] ?? 0)))
+          for (const name of Object.keys(owned.group.maxEventTime)) {
             const [project, source] = name.split('|') as [string, 'live' | 'import']
             const watermark = watermarkOf(owned.group, project, source, latenessOf(project))
             metrics.set('segstream_watermark_delay_seconds', 'wall clock minus watermark', { step: stepId, key_group: keyGroup, project, source }, (Date.now() - watermark) / 1000)
-            void max
           }
           metrics.set('segstream_state_keys', 'keys of state held', { step: stepId, key_group: keyGroup }, owned.group.keys.size)
         }

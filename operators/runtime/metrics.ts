@@ -29,6 +29,11 @@ export class Metrics {
     else series.values.set(key, { labels, value: by })
   }
 
+  /** A counter whose running total is kept elsewhere. */
+  setCounter(name: string, help: string, labels: Labels, value: number): void {
+    this.#get(name, 'counter', help).values.set(labelKey(labels), { labels, value })
+  }
+
   set(name: string, help: string, labels: Labels, value: number): void {
     this.#get(name, 'gauge', help).values.set(labelKey(labels), { labels, value })
   }
