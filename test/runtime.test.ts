@@ -60,8 +60,10 @@ t.test('effectively once across SIGKILL at each failpoint', async (t) => {
     const project = `fp-${point}`
     const inputs = events(point.length, 500)
     await publishRaw(nc, project, inputs, KEY_GROUPS)
-    const doomed = await spawn({ SEGSTREAM_FAILPOINT: `${point}:3` }, false)
-    t.equal(await doomed.exited, null, `${point}: the process died at the failpoint (SIGKILL)`)
+    // a checkpoint after every batch, so the failpoint is reached at a known batch
+    const doomed = await spawn({ SEGSTREAM_FAILPOINT: `${point}:3`, COMMIT_INTERVAL_MS: '0' }, false)
+    const code = await Promise.race([doomed.exited, new Promise<string>((r) => setTimeout(() => r('still running'), 60_000))])
+    t.equal(code, null, `${point}: the process died at the failpoint (SIGKILL)`)
     t.equal(doomed.child.signalCode, 'SIGKILL')
     const survivor = await spawn()
     await expectExact(t, nc, project, inputs)
@@ -193,8 +195,8 @@ t.test('a definition published as control messages takes effect at one point, ac
   t.equal(await publishControl(publisher, { project: 'defs', stages: ['raw'], keyGroups: KEY_GROUPS, control: { stepId: 'counter', name: 'labels', version: 1, definition: { label: 'v1' } }, time: 0 }), KEY_GROUPS)
   await publishRaw(nc, 'defs', inputs.slice(300), KEY_GROUPS)
   // killed after its second commit, then replayed by the next instance
-  const doomed = await spawn({ SEGSTREAM_FAILPOINT: 'after-commit:2' }, false)
-  await doomed.exited
+  const doomed = await spawn({ SEGSTREAM_FAILPOINT: 'after-commit:2', COMMIT_INTERVAL_MS: '0' }, false)
+  t.equal(await Promise.race([doomed.exited, new Promise<string>((r) => setTimeout(() => r('still running'), 60_000))]), null, 'killed at its second commit')
   await spawn()
   await expectExact(t, nc, 'defs', inputs)
   const outputs = await readEnriched(nc, 'defs')

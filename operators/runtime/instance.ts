@@ -14,6 +14,8 @@ import { FencedError, StateStore } from './state-store.ts'
 
 /** Key groups committed at once; well under the server's 50 atomic batches in flight per stream. */
 const COMMIT_CONCURRENCY = 16
+/** Changed keys held in memory before a commit is forced. */
+const MAX_UNCOMMITTED_KEYS = 20_000
 
 /** Named places where a test can make the process die (SEGSTREAM_FAILPOINT). */
 export type Failpoint = 'after-publish' | 'after-commit' | 'before-publish'
@@ -37,6 +39,8 @@ export interface InstanceOptions<State, Input> {
   idleTtlMs?: number
   leaseMs?: number
   heartbeatMs?: number
+  /** Longest time between checkpoints of a key group with new input, ms. Default 200. */
+  commitIntervalMs?: number
   /** Called at each failpoint; tests make it kill the process. */
   failpoint?: (point: Failpoint) => void
 }
@@ -69,6 +73,10 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   const counters: KernelCounters = { applied: 0, skipped: 0, deadLettered: 0, timersFired: 0 }
   const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now }
   const groups = new Map<number, Owned<State>>()
+  /** Key groups processed since their last commit. */
+  const uncommitted = new Set<number>()
+  let lastCommit = performance.now()
+  const commitIntervalMs = options.commitIntervalMs ?? 200
   const failpoint = options.failpoint ?? (() => {})
 
   // each message remembers the consumer generation that read it: older ones are dropped
@@ -170,13 +178,39 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
         await restartPumps()
       }),
       released: (keyGroup, reason) => serially(async () => {
+        // handing over in good order: checkpoint first, so the next owner replays nothing
+        if (reason !== 'lost' && uncommitted.has(keyGroup)) await commitGroups([keyGroup])
         groups.delete(keyGroup)
+        uncommitted.delete(keyGroup)
         metrics?.forget({ step: stepId, key_group: keyGroup })
         logger.info({ keyGroup, reason }, 'key group released')
         await restartPumps()
       }),
     },
   )
+
+  /** Commits state and offsets of these key groups; one that fails is rewound to its checkpoint. */
+  const commitGroups = async (keyGroups: number[]) => {
+    let rewound = false
+    lastCommit = performance.now()
+    // the server allows 50 atomic batches in flight per stream: commit a few key groups at a time
+    const pendingGroups = [...keyGroups]
+    await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, pendingGroups.length) }, async () => {
+      for (let keyGroup = pendingGroups.shift(); keyGroup !== undefined; keyGroup = pendingGroups.shift()) {
+        uncommitted.delete(keyGroup)
+        const owned = groups.get(keyGroup)
+        if (!owned) continue
+        try {
+          owned.revision = await store.commit(owned.group, owned.revision, owned.committed)
+          owned.committed = { ...owned.group.offsets }
+        } catch (error) {
+          rewound = true
+          await rewind(keyGroup, error)
+        }
+      }
+    }))
+    if (rewound) await restartPumps()
+  }
 
   const handleBatch = async (batch: (InputMessage & { generation: number })[]) => {
     const started = performance.now()
@@ -202,33 +236,29 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
       throw failure.reason
     }
     failpoint('after-publish')
-    let rewound = false
-    // the server allows 50 atomic batches in flight per stream: commit a few key groups at a time
-    const pendingGroups = [...touched]
-    await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, pendingGroups.length) }, async () => {
-      for (let keyGroup = pendingGroups.shift(); keyGroup !== undefined; keyGroup = pendingGroups.shift()) {
-        const owned = groups.get(keyGroup)
-        if (!owned) continue
-        try {
-          owned.revision = await store.commit(owned.group, owned.revision, owned.committed)
-          owned.committed = { ...owned.group.offsets }
-        } catch (error) {
-          rewound = true
-          await rewind(keyGroup, error)
-        }
-      }
-    }))
-    if (rewound) await restartPumps()
-    failpoint('after-commit')
     metrics?.inc('segstream_events_in_total', 'input messages handled', { step: stepId }, batch.length)
     metrics?.inc('segstream_events_out_total', 'messages published', { step: stepId }, outgoing.length)
-    metrics?.inc('segstream_checkpoint_seconds_sum', 'time spent publishing and checkpointing batches', { step: stepId }, (performance.now() - started) / 1000)
-    metrics?.inc('segstream_checkpoint_seconds_count', 'batches checkpointed', { step: stepId }, 1)
+    for (const keyGroup of touched) uncommitted.add(keyGroup)
+    // checkpoints every commitIntervalMs, not every batch: outputs are already stored, and a
+    // replay of the batches since re-publishes them under the same ids (duplicates, dropped)
+    const dirtyKeys = [...uncommitted].reduce((sum, keyGroup) => sum + (groups.get(keyGroup)?.group.dirty.size ?? 0), 0)
+    if (performance.now() - lastCommit < commitIntervalMs && dirtyKeys < MAX_UNCOMMITTED_KEYS) return
+    const committing = performance.now()
+    await commitGroups([...uncommitted])
+    failpoint('after-commit')
+    metrics?.inc('segstream_checkpoint_seconds_sum', 'time spent checkpointing', { step: stepId }, (performance.now() - committing) / 1000)
+    metrics?.inc('segstream_checkpoint_seconds_count', 'checkpoints', { step: stepId }, 1)
+    metrics?.inc('segstream_batch_seconds_sum', 'time spent per batch, publish and checkpoint included', { step: stepId }, (performance.now() - started) / 1000)
   }
 
   const processor = (async () => {
     let failures = 0
     while (!stopping) {
+      if (queue.length === 0 && uncommitted.size > 0 && performance.now() - lastCommit >= commitIntervalMs) {
+        await serially(() => commitGroups([...uncommitted])).catch((error) => logger.warn({ err: error }, 'commit failed'))
+        failpoint('after-commit')
+        continue
+      }
       if (queue.length === 0) {
         await new Promise<void>((resolve) => {
           wakeProcessor = resolve
@@ -291,6 +321,7 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
       wakeProcessor?.()
       await processor
       await serially(async () => {
+        if (uncommitted.size > 0) await commitGroups([...uncommitted])
         generation++
         for (const pump of pumps) pump.stop()
         pumps = []
