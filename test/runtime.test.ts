@@ -1,5 +1,5 @@
 import t from 'tap'
-import { jetstream } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connectNats } from '../broker/connect.ts'
 import { createLogger } from '../config/logger.ts'
 import { generateEvents } from '../operators/runtime/generator.ts'
@@ -224,4 +224,31 @@ t.test('metrics: Prometheus text with events, owned key groups, lag and watermar
   t.match(text, /segstream_consumer_lag\{step="counter",stream="SEG_RAW",key_group="0"\} 0\b/, 'no lag once caught up')
   t.match(text, /segstream_watermark_delay_seconds\{step="counter",key_group="\d+",project="metrics",source="live"\} \d/)
   t.match(text, /segstream_state_keys\{step="counter",key_group="\d+"\} \d+/)
+})
+
+t.test('backpressure: a downstream that refuses writes stops consumption, memory stays flat, nothing is lost', async (t) => {
+  const { nc } = await setup(t)
+  const jsm = await jetstreamManager(nc)
+  const { config } = await jsm.streams.info('SEG_ENRICHED')
+  // the downstream stream is full: it refuses every write beyond 100 messages
+  await jsm.streams.update('SEG_ENRICHED', { ...config, max_msgs: 100 })
+  const topology = counterTopology()
+  const publisher = new PipelinedPublisher(nc, { timeoutMs: 2_000 })
+  const instance = startInstance({ nc, publisher, operator: counter, step: topology.steps[1]!, topology, keyGroups: KEY_GROUPS, logger, leaseMs: 1500, heartbeatMs: 250, batchSize: 50 })
+  t.teardown(async () => { await instance.stop(); publisher.close() })
+  await instance.start()
+  const inputs = events(11, 20_000, 50)
+  await publishRaw(nc, 'slow', inputs, KEY_GROUPS)
+  await eventually('the stream filled up', async () => (await jsm.streams.info('SEG_ENRICHED')).state.messages === 100, 30_000)
+  const samples: number[] = []
+  for (let i = 0; i < 10; i++) {
+    await new Promise((r) => setTimeout(r, 500))
+    samples.push(process.memoryUsage().heapUsed)
+  }
+  t.equal((await jsm.streams.info('SEG_ENRICHED')).state.messages, 100, 'nothing more was stored while the downstream refused')
+  const growthMb = (Math.max(...samples.slice(2)) - Math.min(...samples.slice(2))) / 1e6
+  t.ok(growthMb < 40, `heap stayed flat while blocked (varied by ${growthMb.toFixed(1)} MB over 4 s)`)
+  // the downstream recovers: processing resumes from the checkpoints and ends exact
+  await jsm.streams.update('SEG_ENRICHED', { ...config, max_msgs: -1 })
+  await expectExact(t, nc, 'slow', inputs, 120_000)
 })
