@@ -314,6 +314,8 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
     stepId,
     start: () => ownership.start(nc),
     owned: () => [...groups.keys()].sort((a, b) => a - b),
+    /** Input messages read but not yet handled: bounded by four batches. */
+    buffered: () => queue.length,
     counters,
     /** Graceful stop: finish the batch in hand, checkpoint, give the key groups back. */
     async stop(): Promise<void> {
