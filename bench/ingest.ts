@@ -25,6 +25,7 @@ import { jetstreamManager } from '@nats-io/jetstream'
 import { startNats } from '../test/harness/nats.ts'
 import { startPostgres } from '../test/harness/postgres.ts'
 import { cleanEnv, freePort, waitForPort } from '../test/harness/ports.ts'
+import { pipelinedPublishRate } from './baseline.ts'
 
 const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, concurrency: { type: 'string', default: '16' } } })
 const EVENTS = Number(values.events)
@@ -57,14 +58,7 @@ const message = (i: number, prefix: string) => ({
     const envelope: RawEventEnvelope = { v: ENVELOPE_VERSION, type: 'raw_event', project: 'baseline', id: m.messageId, time: Date.parse(m.timestamp), key: m.anonymousId!, keyGroup, source: 'live', data: m }
     return { subject: subjectFor('baseline', 'raw', keyGroup), data: encode(envelope), id: `baseline:${m.messageId}` }
   })
-  const started = performance.now()
-  const pending: Promise<unknown>[] = []
-  for (const e of envelopes) {
-    pending.push(publisher.publish(e.subject, e.data, e.id))
-    if (pending.length >= 5_000) await Promise.all(pending.splice(0))
-  }
-  await Promise.all(pending)
-  var baselinePerS = EVENTS / ((performance.now() - started) / 1000)
+  var baselinePerS = await pipelinedPublishRate(publisher, envelopes)
   publisher.close()
   log(`baseline: ${Math.round(baselinePerS).toLocaleString('en')} acked msg/s (one process, pipelined publish)`)
 }

@@ -20,6 +20,7 @@ import { segstreamTopology } from '../topology/definition.ts'
 import { deepFreeze, type Topology } from '../topology/model.ts'
 import { keyGroupOf, stageFilter, subjectFor } from '../topology/subjects.ts'
 import { startNats } from '../test/harness/nats.ts'
+import { pipelinedPublishRate } from './baseline.ts'
 
 const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, keys: { type: 'string', default: '1000000' } } })
 const EVENTS = Number(values.events)
@@ -68,17 +69,6 @@ function envelopes(project: string, count: number, users: number) {
   })
 }
 
-async function publishAll(publisher: PipelinedPublisher, messages: { subject: string; data: Uint8Array; id: string }[]): Promise<number> {
-  const started = performance.now()
-  const pending: Promise<unknown>[] = []
-  for (const m of messages) {
-    pending.push(publisher.publish(m.subject, m.data, m.id))
-    if (pending.length >= 5_000) await Promise.all(pending.splice(0))
-  }
-  await Promise.all(pending)
-  return messages.length / ((performance.now() - started) / 1000)
-}
-
 async function phase(name: string, operator: Operator<any, RawEventEnvelope>, project: string, count: number, users: number) {
   const nats = await startNats()
   const nc = await connectNats(nats.url, 'bench', logger)
@@ -86,7 +76,7 @@ async function phase(name: string, operator: Operator<any, RawEventEnvelope>, pr
   await applyTopology(nc, topology, { keyGroups: KEY_GROUPS })
   const publisher = new PipelinedPublisher(nc, { timeoutMs: 60_000 })
   const messages = envelopes(project, count, users)
-  const baseline = await publishAll(publisher, messages)
+  const baseline = await pipelinedPublishRate(publisher, messages)
   console.log(`${name}: baseline ${Math.round(baseline).toLocaleString('en')} acked publishes/s (${count.toLocaleString('en')} messages)`)
   const jsm = await jetstreamManager(nc)
   let peakRss = process.memoryUsage().rss

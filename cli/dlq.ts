@@ -1,5 +1,6 @@
 import type { NatsConnection } from '@nats-io/transport-node'
-import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { readStream } from '../broker/read.ts'
 import { PipelinedPublisher } from '../broker/publisher.ts'
 import { collect } from '../gateway/collector/collect.ts'
 import { decodeEnvelope } from '../schemas/codec.ts'
@@ -12,25 +13,14 @@ export interface DeadLetterRow {
 
 /** Every dead letter (of one project, or all), oldest first. */
 export async function listDeadLetters(nc: NatsConnection, project?: string, limit = 1000): Promise<DeadLetterRow[]> {
-  const js = jetstream(nc)
-  const consumer = await js.consumers.get('SEG_DLQ', { filter_subjects: [project ? `seg.${project}.dlq.*` : 'seg.*.dlq.*'], deliver_policy: DeliverPolicy.All })
   const rows: DeadLetterRow[] = []
-  let remaining = (await consumer.info(true)).num_pending
-  while (remaining > 0 && rows.length < limit) {
-    let got = 0
-    for await (const message of await consumer.fetch({ max_messages: Math.min(remaining, limit - rows.length, 1000), expires: 2_000 })) {
-      got++
-      remaining = message.info.pending
-      try {
-        rows.push({ seq: message.seq, letter: decodeEnvelope(message.data) as DeadLetterEnvelope })
-      } catch {
-        // a dead letter that is itself unreadable stays where it is
-      }
-      if (remaining === 0) break
+  await readStream(jetstream(nc), 'SEG_DLQ', { filterSubjects: [project ? `seg.${project}.dlq.*` : 'seg.*.dlq.*'], limit }, (message) => {
+    try {
+      rows.push({ seq: message.seq, letter: decodeEnvelope(message.data) as DeadLetterEnvelope })
+    } catch {
+      // a dead letter that is itself unreadable stays where it is
     }
-    if (got === 0) break
-  }
-  await consumer.delete().catch(() => {})
+  })
   return rows
 }
 

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream, existsSync } from 'node:fs'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:http'
 import { connect as tcpConnect } from 'node:net'
 import { join } from 'node:path'
 import { connectNats } from '../../broker/connect.ts'
@@ -10,12 +11,14 @@ import { createLogger, type Logger } from '../../config/logger.ts'
 import { buildApp } from '../../gateway/app.ts'
 import { startSteps } from '../../operators/steps.ts'
 import { Metrics } from '../../operators/runtime/metrics.ts'
-import { createServer } from 'node:http'
 import { createProject, getProject, ProjectCache } from '../../projects/registry.ts'
 import { openStore } from '../../store/store.ts'
 import { applyTopology } from '../../topology/apply.ts'
 import { segstreamTopology } from '../../topology/definition.ts'
 import { natsServerBinary, PROJECT_ROOT } from './tools.ts'
+
+/** The topology as this installation's configuration sizes it. */
+const topologyOf = (config: Config) => segstreamTopology({ streamMaxBytes: config.streamMaxBytes })
 
 /** The local stack's ports: beside, not on, the standard ones (a system nats-server or PostgreSQL may hold those). */
 export const LOCAL_NATS_PORT = 14222
@@ -31,7 +34,7 @@ interface Services {
 
 async function openServices(config: Config, logger: Logger, databaseUrl: string, poolSize: number, options: { provision: boolean }): Promise<Services> {
   const nc = await connectNats(config.natsUrl, 'segstream', logger.child({ component: 'nats' }), { waitOnFirstConnect: true })
-  if (options.provision) await applyTopology(nc, segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), { keyGroups: config.keyGroups })
+  if (options.provision) await applyTopology(nc, topologyOf(config), { keyGroups: config.keyGroups })
   const store = await openStore({ url: databaseUrl, target: config.databaseTarget, poolSize, logger: logger.child({ component: 'store' }) })
   await store.migrate()
   const projects = new ProjectCache()
@@ -62,7 +65,7 @@ export async function runProcess(mode: 'run' | 'gateway' | 'up', args: string[],
   const services = await openServices(config, logger, config.databaseUrl, config.databasePoolSize, { provision: false })
   if (mode === 'run') {
     const metrics = new Metrics()
-    const steps = await startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger, metrics }, args)
+    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics }, args)
     const metricsPort = Number(process.env.SEGSTREAM_METRICS_PORT ?? 9464)
     const server = createServer((request, response) => {
       if (request.url !== '/metrics') return void response.writeHead(404).end()
@@ -159,7 +162,7 @@ async function up(config: Config): Promise<number> {
     say(`topology applied on ${natsUrl}; database migrated (${services.store.target})`)
     const demo = await ensureDemoProject(services.nc, dataDir)
     const metrics = new Metrics()
-    const steps = await startSteps({ ...services, topology: segstreamTopology({ streamMaxBytes: config.streamMaxBytes }), keyGroups: config.keyGroups, logger, metrics }, [])
+    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics }, [])
     say(`operators running: ${steps.steps.join(', ')}`)
     const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger, metrics })
     await app.listen({ host: config.httpHost, port: config.httpPort })

@@ -46,14 +46,15 @@ export async function collect(publisher: PipelinedPublisher, input: CollectInput
     if (!normalized.ok) {
       rejected.push({ index, messageId: normalized.messageId, reason: normalized.reason })
       const payload = safeJson(raw)
+      const payloadHash = hash(payload)
       const key = routingKeyOf(raw) ?? normalized.messageId ?? payload
       const keyGroup = keyGroupOf(key, keyGroups)
       const letter: DeadLetterEnvelope = {
-        v: ENVELOPE_VERSION, type: 'dead_letter', project, id: normalized.messageId ?? `dl-${hash(payload)}`,
+        v: ENVELOPE_VERSION, type: 'dead_letter', project, id: normalized.messageId ?? `dl-${payloadHash}`,
         time: input.stamp.receivedAt, key, keyGroup, source: stage === 'raw' ? 'live' : 'import',
         data: { stepId: 'collector', reason: normalized.reason, payload },
       }
-      pending.push(publisher.publish(subjectFor(project, 'dlq', keyGroup), encode(letter), `${project}:dlq:collector:${hash(payload)}`))
+      pending.push(publisher.publish(subjectFor(project, 'dlq', keyGroup), encode(letter), `${project}:dlq:collector:${payloadHash}`))
       return
     }
     const message = normalized.message

@@ -124,6 +124,11 @@ export function processMessage<State, Input>(
   }
   group.offsets[stream] = seq
   const idPrefix = `${options.stepId}:${stream}:${seq}`
+  const deadLetter = (reason: string) => {
+    const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, reason, options.clock())
+    if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
+    counters.deadLettered++
+  }
   let envelope
   let input: Input
   let key: string
@@ -140,25 +145,26 @@ export function processMessage<State, Input>(
     // state is per project: two projects may well have a user of the same id
     key = `${envelope.project}/${operator.keyOf(input)}`
   } catch (error) {
-    const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, (error as Error).message, options.clock())
-    if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
-    counters.deadLettered++
+    deadLetter((error as Error).message)
     return outgoing
   }
   const lateness = options.latenessOf(envelope.project)
-  const watermark = watermarkOf(group, envelope.project, envelope.source, lateness)
+  const context = {
+    eventTime: envelope.time,
+    watermark: watermarkOf(group, envelope.project, envelope.source, lateness),
+    source: envelope.source,
+    control: group.control[envelope.project],
+  }
+  const name = watermarkKey(envelope.project, envelope.source)
+  const advanceWatermark = () => (group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time))
   if (operator.stateless) {
     try {
-      const result = operator.onEvent(operator.init(), input, { eventTime: envelope.time, watermark, source: envelope.source, control: group.control[envelope.project] })
-      toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
+      toOutgoing(options.stepId, operator.onEvent(operator.init(), input, context).emit, idPrefix, outgoing)
       counters.applied++
     } catch (error) {
-      const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, `${operator.stepId} threw: ${(error as Error).message}`, options.clock())
-      if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
-      counters.deadLettered++
+      deadLetter(`${operator.stepId} threw: ${(error as Error).message}`)
     }
-    const name = watermarkKey(envelope.project, envelope.source)
-    group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time)
+    advanceWatermark()
     return outgoing
   }
   let entry = group.keys.get(key)
@@ -170,7 +176,7 @@ export function processMessage<State, Input>(
       entry = { state: operator.init(), applied: {}, lastTime: envelope.time, project: envelope.project, source: envelope.source }
     }
     try {
-      const result = operator.onEvent(entry.state, input, { eventTime: envelope.time, watermark, source: envelope.source, control: group.control[envelope.project] })
+      const result = operator.onEvent(entry.state, input, context)
       entry.applied = { ...entry.applied, [stream]: seq }
       entry.lastTime = Math.max(entry.lastTime, envelope.time)
       entry.source = envelope.source
@@ -178,15 +184,11 @@ export function processMessage<State, Input>(
       toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
       counters.applied++
     } catch (error) {
-      const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, `${operator.stepId} threw: ${(error as Error).message}`, options.clock())
-      if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
-      counters.deadLettered++
+      deadLetter(`${operator.stepId} threw: ${(error as Error).message}`)
       return outgoing
     }
   }
-  const name = watermarkKey(envelope.project, envelope.source)
-  group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time)
-  fireTimers(operator, group, name, group.maxEventTime[name]! - lateness, `${idPrefix}:t`, outgoing, counters)
+  fireTimers(operator, group, name, advanceWatermark() - lateness, `${idPrefix}:t`, outgoing, counters)
   return outgoing
 }
 

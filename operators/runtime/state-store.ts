@@ -1,5 +1,6 @@
 import { headers, type NatsConnection } from '@nats-io/transport-node'
 import { DeliverPolicy, jetstream, type JetStreamClient, type JsMsg } from '@nats-io/jetstream'
+import { readStream } from '../../broker/read.ts'
 import { decode, encode } from '../../schemas/codec.ts'
 import type { Source } from '../../schemas/envelope.ts'
 import { emptyKeyGroup, rebuildTimers, type KeyEntry, type KeyGroupState } from './kernel.ts'
@@ -67,10 +68,6 @@ export class StateStore {
 
   /** Reads a key group's checkpoint and every key, in one pass over the bucket's stream. */
   async load<State>(keyGroup: number): Promise<{ group: KeyGroupState<State>; revision: number; epoch: number }> {
-    const consumer = await this.#js.consumers.get(this.#stream, {
-      filter_subjects: [this.#checkpointSubject(keyGroup), `$KV.${this.bucket}.k.${keyGroup}.>`],
-      deliver_policy: DeliverPolicy.LastPerSubject,
-    })
     const group = emptyKeyGroup<State>(keyGroup, 0)
     let revision = 0
     let epoch = 0
@@ -92,20 +89,10 @@ export class StateStore {
       const entry: KeyEntry<State> = { state: stored.s as State, applied: stored.a, lastTime: stored.t, project: stored.p, source: stored.o, wakeAt: stored.w }
       group.keys.set(decodeKey(message.subject.slice(keyPrefix.length)), entry)
     }
-    const info = await consumer.info(true)
-    let remaining = info.num_pending
-    while (remaining > 0) {
-      const batch = await consumer.fetch({ max_messages: Math.min(remaining, 10_000), expires: 5_000 })
-      let got = 0
-      for await (const message of batch) {
-        take(message)
-        got++
-        remaining = message.info.pending
-        if (remaining === 0) break
-      }
-      if (got === 0) break
-    }
-    await consumer.delete().catch(() => {})
+    await readStream(this.#js, this.#stream, {
+      filterSubjects: [this.#checkpointSubject(keyGroup), `$KV.${this.bucket}.k.${keyGroup}.>`],
+      deliverPolicy: DeliverPolicy.LastPerSubject,
+    }, take)
     group.epoch = epoch
     rebuildTimers(group)
     return { group, revision, epoch }

@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { DeliverPolicy, jetstream } from '@nats-io/jetstream'
+import { jetstream } from '@nats-io/jetstream'
+import { readStream } from '../../broker/read.ts'
 import { PipelinedPublisher } from '../../broker/publisher.ts'
 import { decodeEnvelope, encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type EnrichedEventEnvelope, type RawEventEnvelope } from '../../schemas/envelope.ts'
@@ -26,23 +27,8 @@ export async function publishRaw(nc: NatsConnection, project: string, messages: 
 
 /** Every enriched-stage message of a project, in stream order. */
 export async function readEnriched(nc: NatsConnection, project: string): Promise<EnrichedEventEnvelope[]> {
-  const js = jetstream(nc)
-  const consumer = await js.consumers.get('SEG_ENRICHED', { filter_subjects: [`seg.${project}.enriched.*`], deliver_policy: DeliverPolicy.All })
-  const info = await consumer.info(true)
   const out: EnrichedEventEnvelope[] = []
-  let remaining = info.num_pending
-  while (remaining > 0) {
-    const batch = await consumer.fetch({ max_messages: Math.min(remaining, 5_000), expires: 2_000 })
-    let got = 0
-    for await (const message of batch) {
-      out.push(decodeEnvelope(message.data) as EnrichedEventEnvelope)
-      got++
-      remaining = message.info.pending
-      if (remaining === 0) break
-    }
-    if (got === 0) break
-  }
-  await consumer.delete().catch(() => {})
+  await readStream(jetstream(nc), 'SEG_ENRICHED', { filterSubjects: [`seg.${project}.enriched.*`] }, (message) => out.push(decodeEnvelope(message.data) as EnrichedEventEnvelope))
   return out
 }
 
