@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
-import { AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, RawEventEnvelope } from './envelope.ts'
+import { AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, MergeEnvelope, MergeStateEnvelope, RawEventEnvelope, SessionEnvelope } from './envelope.ts'
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
@@ -47,6 +47,9 @@ const byType = {
   enriched_event: validator(EnrichedEventEnvelope, 'envelope'),
   dead_letter: validator(DeadLetterEnvelope, 'envelope'),
   control: validator(ControlEnvelope, 'envelope'),
+  merge: validator(MergeEnvelope, 'envelope'),
+  merge_state: validator(MergeStateEnvelope, 'envelope'),
+  session: validator(SessionEnvelope, 'envelope'),
 } as const
 
 /** Decodes and validates any segstream message. Throws SchemaError on a bad message. */

@@ -1,5 +1,7 @@
 import Type, { type Static } from 'typebox'
+import { EnrichedContext } from './enriched.ts'
 import { SegmentMessage } from './segment.ts'
+import { SessionChange } from './session.ts'
 
 /** Bumped only for incompatible envelope changes; additive fields keep the version. */
 export const ENVELOPE_VERSION = 1
@@ -41,6 +43,8 @@ export const EnrichedEvent = Type.Object({
   canonicalId: Type.String(),
   /** The original message, unchanged (original ids included). */
   message: SegmentMessage,
+  /** Device, acquisition channel, geo and the bot flag (absent only in messages from before enrich derived them). */
+  context: Type.Optional(EnrichedContext),
 })
 export type EnrichedEvent = Static<typeof EnrichedEvent>
 
@@ -87,5 +91,36 @@ export type Control = Static<typeof Control>
 export const ControlEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('control'), data: Control })
 export type ControlEnvelope = Static<typeof ControlEnvelope>
 
-export const AnyEnvelope = Type.Union([RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope])
+/**
+ * An identity link, published by enrich on the enriched stage into the key group
+ * of `from`, after every event it routed there under `from`: each downstream
+ * operator with per-user state moves the state of `from` into `into` (docs/identity.md).
+ */
+export const Merge = Type.Object({
+  /** The anonymous id that has just been linked. */
+  from: Type.String(),
+  /** The user id it is linked to: the canonical id from now on. */
+  into: Type.String(),
+})
+export type Merge = Static<typeof Merge>
+export const MergeEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('merge'), data: Merge })
+export type MergeEnvelope = Static<typeof MergeEnvelope>
+
+/**
+ * The runtime's half of a merge: the operator `stepId` that held the state of
+ * `from` sends it to the key group of `into` on its own input stage. Other
+ * readers of the stage skip it.
+ */
+export const MergeStateEnvelope = Type.Object({
+  ...envelopeFields,
+  type: Type.Literal('merge_state'),
+  data: Type.Object({ stepId: Type.String(), from: Type.String(), into: Type.String(), state: Type.Unknown(), lastTime: Type.Number() }),
+})
+export type MergeStateEnvelope = Static<typeof MergeStateEnvelope>
+
+/** On `seg.<project>.sessions.<kg>`, routed by canonical user id. */
+export const SessionEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('session'), origin: Origin, data: SessionChange })
+export type SessionEnvelope = Static<typeof SessionEnvelope>
+
+export const AnyEnvelope = Type.Union([RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

@@ -51,4 +51,19 @@ export interface Operator<State, Input> {
   onControl?(definitions: unknown, control: Control): unknown
   /** Runs when the watermark passes the key's wakeAt; `now` is that watermark. */
   onTimer?(state: State, now: number): StepResult<State>
+  /**
+   * Identity merge (docs/identity.md): the state of the anonymous key `from`
+   * moves into the user key `into` of the same project. Returns `into`'s new
+   * state and what to emit (corrections: retract what was counted under `from`,
+   * re-emit it under `into`). Pure. Without it, `from`'s state is dropped at a merge.
+   */
+  mergeInto?(into: State | undefined, from: State, context: MergeContext): StepResult<State>
+}
+
+export interface MergeContext {
+  from: string
+  into: string
+  /** The key group's watermark for `into`'s project and source, ms. */
+  watermark: number
+  control: unknown
 }
