@@ -5,7 +5,7 @@ import type { PipelinedPublisher } from '../../broker/publisher.ts'
 import type { Logger } from '../../config/logger.ts'
 import { consumersOf } from '../../topology/apply.ts'
 import type { StepSpec, Topology } from '../../topology/model.ts'
-import { processMessage, watermarkOf, type InputMessage, type KernelCounters, type KeyGroupState, type Outgoing } from './kernel.ts'
+import { newCounters, processMessage, watermarkOf, type InputMessage, type KernelCounters, type KeyGroupState, type Outgoing } from './kernel.ts'
 import { Ownership } from './leases.ts'
 import type { Metrics } from './metrics.ts'
 import type { Operator } from './operator.ts'
@@ -70,8 +70,8 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   const inputs = consumersOf(options.topology, step).map(({ stream, filterSubjects }) => ({ stream: stream.name, filterSubjects }))
   const batchSize = options.batchSize ?? step.consumer?.batchSize ?? 1000
   const latenessOf = options.latenessOf ?? (() => 5 * 60_000)
-  const counters: KernelCounters = { applied: 0, skipped: 0, deadLettered: 0, timersFired: 0 }
-  const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now }
+  const counters: KernelCounters = newCounters()
+  const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now, keyGroups: options.keyGroups }
   const groups = new Map<number, Owned<State>>()
   /** Key groups processed since their last commit. */
   const uncommitted = new Set<number>()
@@ -284,6 +284,8 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
       metrics.set('segstream_owned_key_groups', 'key groups this instance owns', { step: stepId, instance: instanceId }, groups.size)
       metrics.setCounter('segstream_dead_lettered_total', 'inputs sent to the dead-letter subject', { step: stepId }, counters.deadLettered)
       metrics.setCounter('segstream_timers_fired_total', 'event-time timers fired', { step: stepId }, counters.timersFired)
+      metrics.setCounter('segstream_late_total', 'inputs too late for what they would change, published on the late subject', { step: stepId }, counters.late)
+      metrics.setCounter('segstream_merged_total', 'identity merges applied to state', { step: stepId }, counters.merged)
       const jsm = await jetstreamManager(nc)
       for (const input of inputs) {
         const info = await jsm.streams.info(input.stream, { subjects_filter: input.filterSubjects[0]! }).catch(() => undefined)

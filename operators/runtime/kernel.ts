@@ -1,6 +1,6 @@
 import { decodeEnvelope, encode } from '../../schemas/codec.ts'
-import type { Source } from '../../schemas/envelope.ts'
-import { subjectFor } from '../../topology/subjects.ts'
+import { ENVELOPE_VERSION, type MergeEnvelope, type MergeStateEnvelope, type Source } from '../../schemas/envelope.ts'
+import { keyGroupOf, parseSubject, subjectFor, type Stage } from '../../topology/subjects.ts'
 import { deadLetterOf } from './dead-letter.ts'
 import { TimerHeap } from './heap.ts'
 import type { Emission, Operator, StepResult } from './operator.ts'
@@ -55,6 +55,8 @@ export interface KernelOptions {
   idleTtlMs: number
   /** Wall clock, used only to stamp dead letters. */
   clock: () => number
+  /** Key groups of the installation: where a merged key's state goes. */
+  keyGroups: number
 }
 
 export interface KernelCounters {
@@ -62,7 +64,13 @@ export interface KernelCounters {
   skipped: number
   deadLettered: number
   timersFired: number
+  /** Inputs the logic found too late (published on the late subject). */
+  late: number
+  /** Identity merges applied to this step's state. */
+  merged: number
 }
+
+export const newCounters = (): KernelCounters => ({ applied: 0, skipped: 0, deadLettered: 0, timersFired: 0, late: 0, merged: 0 })
 
 export function emptyKeyGroup<State>(keyGroup: number, epoch: number): KeyGroupState<State> {
   return { keyGroup, epoch, offsets: {}, maxEventTime: {}, keys: new Map(), control: {}, dirty: new Set(), timers: new Map() }
@@ -141,6 +149,16 @@ export function processMessage<State, Input>(
       }
       return outgoing
     }
+    if (envelope.type === 'merge' || envelope.type === 'merge_state') {
+      if (!operator.stateless && (envelope.type === 'merge' || envelope.data.stepId === operator.stepId)) {
+        try {
+          applyMerge(operator, group, message, envelope, options, idPrefix, outgoing, counters)
+        } catch (error) {
+          deadLetter(`${operator.stepId} threw on a merge: ${(error as Error).message}`)
+        }
+      }
+      return outgoing
+    }
     input = operator.toInput(envelope, { stream, seq })
     // state is per project: two projects may well have a user of the same id
     key = `${envelope.project}/${operator.keyOf(input)}`
@@ -159,7 +177,9 @@ export function processMessage<State, Input>(
   const advanceWatermark = () => (group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time))
   if (operator.stateless) {
     try {
-      toOutgoing(options.stepId, operator.onEvent(operator.init(), input, context).emit, idPrefix, outgoing)
+      const result = operator.onEvent(operator.init(), input, context)
+      toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
+      if (result.late) publishLate(message, envelope.project, group.keyGroup, idPrefix, outgoing, counters)
       counters.applied++
     } catch (error) {
       deadLetter(`${operator.stepId} threw: ${(error as Error).message}`)
@@ -182,6 +202,7 @@ export function processMessage<State, Input>(
       entry.source = envelope.source
       applyResult(group, key, entry, result)
       toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
+      if (result.late) publishLate(message, envelope.project, group.keyGroup, idPrefix, outgoing, counters)
       counters.applied++
     } catch (error) {
       deadLetter(`${operator.stepId} threw: ${(error as Error).message}`)
@@ -190,6 +211,70 @@ export function processMessage<State, Input>(
   }
   fireTimers(operator, group, name, advanceWatermark() - lateness, `${idPrefix}:t`, outgoing, counters)
   return outgoing
+}
+
+/** The input as it came, on the project's late subject. */
+function publishLate(message: InputMessage, project: string, keyGroup: number, idPrefix: string, outgoing: Outgoing[], counters: KernelCounters) {
+  outgoing.push({ subject: subjectFor(project, 'late', keyGroup), data: message.data, msgId: `${idPrefix}:late` })
+  counters.late++
+}
+
+/**
+ * An identity merge. `merge {from, into}` arrives in the key group of `from`
+ * after every event routed there under `from`: its state leaves, straight into
+ * `into` when that is in the same key group, else as a `merge_state` message
+ * on this step's input stage in the key group of `into`, where it is merged in
+ * when it arrives. Either way the operator's mergeInto decides what it means.
+ */
+function applyMerge<State, Input>(
+  operator: Operator<State, Input>, group: KeyGroupState<State>, message: InputMessage,
+  envelope: MergeEnvelope | MergeStateEnvelope, options: KernelOptions, idPrefix: string, outgoing: Outgoing[], counters: KernelCounters,
+) {
+  const { project, source } = envelope
+  const { from, into } = envelope.data
+  const intoGroup = keyGroupOf(into, options.keyGroups)
+  let fromState: State
+  let fromTime: number
+  if (envelope.type === 'merge') {
+    const fromKey = `${project}/${from}`
+    const entry = group.keys.get(fromKey)
+    if (!entry || from === into) return
+    group.keys.delete(fromKey)
+    group.dirty.add(fromKey)
+    if (intoGroup !== group.keyGroup) {
+      const state: MergeStateEnvelope = {
+        v: ENVELOPE_VERSION, type: 'merge_state', project, id: `${idPrefix}:merge`, time: envelope.time, key: into, keyGroup: intoGroup, source,
+        data: { stepId: operator.stepId, from, into, state: entry.state, lastTime: entry.lastTime },
+      }
+      const stage = parseSubject(message.subject).stage as Stage
+      toOutgoing(options.stepId, [{ stage, project, keyGroup: intoGroup, envelope: state }], `${idPrefix}:m`, outgoing)
+      return
+    }
+    fromState = entry.state
+    fromTime = entry.lastTime
+  } else {
+    fromState = envelope.data.state as State
+    fromTime = envelope.data.lastTime
+  }
+  const intoKey = `${project}/${into}`
+  const existing = group.keys.get(intoKey)
+  if (existing && (existing.applied[message.stream] ?? 0) >= message.seq) {
+    counters.skipped++
+    return
+  }
+  if (!operator.mergeInto) {
+    counters.merged++
+    return
+  }
+  const result = operator.mergeInto(existing?.state, fromState, {
+    from, into, watermark: watermarkOf(group, project, source, options.latenessOf(project)), control: group.control[project],
+  })
+  const entry: KeyEntry<State> = existing ?? { state: operator.init(), applied: {}, lastTime: fromTime, project, source }
+  entry.applied = { ...entry.applied, [message.stream]: message.seq }
+  entry.lastTime = Math.max(entry.lastTime, fromTime)
+  applyResult(group, intoKey, entry, result)
+  toOutgoing(options.stepId, result.emit, idPrefix, outgoing)
+  counters.merged++
 }
 
 /** Runs onTimer for every key of one watermark whose wakeAt the watermark has passed. */

@@ -15,6 +15,11 @@ export interface StepResult<State> {
   emit: Emission[]
   /** Event time at which onTimer should run for this key (replaces any earlier timer). */
   wakeAt?: number
+  /**
+   * The input came too late for what it would change (a window already closed):
+   * the runtime publishes it unchanged on the project's `late` subject and counts it.
+   */
+  late?: boolean
 }
 
 /** What the runtime tells the logic about time. Never the wall clock. */

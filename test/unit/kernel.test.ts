@@ -1,7 +1,7 @@
 import t from 'tap'
 import { decode, decodeEnvelope, encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type EnrichedEventEnvelope, type RawEventEnvelope, type Source } from '../../schemas/envelope.ts'
-import { emptyKeyGroup, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type KernelCounters, type Outgoing } from '../../operators/runtime/kernel.ts'
+import { emptyKeyGroup, newCounters, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type KernelCounters, type Outgoing } from '../../operators/runtime/kernel.ts'
 import type { Operator } from '../../operators/runtime/operator.ts'
 
 const GAP = 30 * 60_000
@@ -40,8 +40,8 @@ function message(user: string, time: number, options: { project?: string; source
   return { stream: options.stream ?? 'S', seq: ++seq, subject: `seg.${project}.raw.0`, data: encode(envelope) }
 }
 
-const options = { stepId: 'sessions', latenessOf: () => 60_000, idleTtlMs: 7 * 86_400_000, clock: () => 0 }
-const counters = (): KernelCounters => ({ applied: 0, skipped: 0, deadLettered: 0, timersFired: 0 })
+const options = { stepId: 'sessions', latenessOf: () => 60_000, idleTtlMs: 7 * 86_400_000, clock: () => 0, keyGroups: 1 }
+const counters = (): KernelCounters => newCounters()
 const names = (out: Outgoing[]) => out.map((o) => (decodeEnvelope(o.data) as EnrichedEventEnvelope).data.name ?? (decodeEnvelope(o.data) as { type: string }).type)
 const run = (group: KeyGroupState<{ n: number }>, messages: InputMessage[], c = counters()) => messages.flatMap((m) => processMessage(sessions, group, m, options, c))
 
@@ -202,4 +202,82 @@ t.test('a historical import in time order gives the same results as the same eve
   const live = asSource('live')
   t.ok(live.some(([, name]) => String(name).startsWith('closed:')), 'sessions closed by the watermark')
   t.same(asSource('import'), live, 'same outputs, same ids, whichever source carried them')
+})
+
+/** Keeps the set of event times per key; mergeInto unions them and emits "merged:<n>"; events before 1000 are late. */
+const sets: Operator<{ times: number[] }, RawEventEnvelope> = {
+  stepId: 'sets',
+  init: () => ({ times: [] }),
+  toInput: (envelope) => envelope as RawEventEnvelope,
+  keyOf: (input) => input.key,
+  onEvent: (state, input, { eventTime }) => ({ state: { times: [...state.times, eventTime] }, emit: [emission(input, `n:${state.times.length + 1}`)], late: eventTime < 1000 }),
+  mergeInto: (into, from, { into: user }) => {
+    const times = [...(into?.times ?? []), ...from.times].sort((a, b) => a - b)
+    return { state: { times }, emit: [{ stage: 'enriched', project: 'p', keyGroup: 0, envelope: { ...baseOut(`merge-${user}`), data: { name: `merged:${times.length}`, canonicalId: user, message: rawMessage(user, 'e', 0) } } }] }
+  },
+}
+
+function control(type: 'merge', from: string, into: string, keyGroup: number): InputMessage {
+  const envelope = { v: ENVELOPE_VERSION, type, project: 'p', id: `merge-${from}`, time: 5000, key: from, keyGroup, source: 'live' as const, data: { from, into } }
+  return { stream: 'S', seq: ++seq, subject: `seg.p.enriched.${keyGroup}`, data: encode(envelope) }
+}
+
+t.test('a merge in one key group moves the anonymous state into the user through mergeInto', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ times: number[] }>(0, 1)
+  const c = counters()
+  const opts = { ...options, stepId: 'sets', keyGroups: 1 }
+  for (const m of [message('anon', 2000), message('anon', 3000), message('user', 4000), control('merge', 'anon', 'user', 0)]) processMessage(sets, group, m, opts, c)
+  t.same([...group.keys.keys()], ['p/user'], 'the anonymous key is gone')
+  t.same(group.keys.get('p/user')!.state.times, [2000, 3000, 4000])
+  t.equal(c.merged, 1)
+  t.ok(group.dirty.has('p/anon') && group.dirty.has('p/user'), 'both keys are written at the next checkpoint')
+  // a merge of an id without state changes nothing
+  t.same(processMessage(sets, group, control('merge', 'nobody', 'user', 0), opts, c), [])
+})
+
+t.test('a merge across key groups sends the state as merge_state, merged in when it arrives', async (t) => {
+  seq = 0
+  const opts = { ...options, stepId: 'sets', keyGroups: 64 }
+  // find two ids in different key groups
+  const { keyGroupOf } = await import('../../topology/subjects.ts')
+  const anon = 'anon-1'
+  let user = 'user-1'
+  for (let i = 2; keyGroupOf(user, 64) === keyGroupOf(anon, 64); i++) user = `user-${i}`
+  const from = emptyKeyGroup<{ times: number[] }>(keyGroupOf(anon, 64), 1)
+  const into = emptyKeyGroup<{ times: number[] }>(keyGroupOf(user, 64), 1)
+  const c = counters()
+  processMessage(sets, from, message(anon, 2000), opts, c)
+  processMessage(sets, into, message(user, 4000), opts, c)
+  const out = processMessage(sets, from, control('merge', anon, user, from.keyGroup), opts, c)
+  t.equal(out.length, 1)
+  t.equal(out[0]!.subject, `seg.p.enriched.${into.keyGroup}`, 'sent on the same stage, to the key group of the user')
+  const sent = decodeEnvelope(out[0]!.data)
+  t.equal(sent.type, 'merge_state')
+  t.equal(from.keys.size, 0, 'the anonymous state left its key group')
+  const arrived = { stream: 'S', seq: ++seq, subject: out[0]!.subject, data: out[0]!.data }
+  const merged = processMessage(sets, into, arrived, opts, c)
+  t.same(into.keys.get(`p/${user}`)!.state.times, [2000, 4000])
+  t.same(names(merged), ['merged:2'])
+  // a replay of the same merge_state after the key applied it changes nothing
+  t.same(processMessage(sets, into, { ...arrived }, opts, c), [], 'skipped: at or below the offset')
+  // another step's merge_state is not ours
+  const other = encode({ ...sent, data: { ...(sent as { data: object }).data, stepId: 'someone-else' } })
+  t.same(processMessage(sets, into, { stream: 'S', seq: ++seq, subject: out[0]!.subject, data: other }, opts, c), [])
+  t.same(into.keys.get(`p/${user}`)!.state.times, [2000, 4000])
+})
+
+t.test('an input the logic finds too late goes, unchanged, to the late subject and is counted', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ times: number[] }>(3, 1)
+  const c = counters()
+  const late = message('u', 500)
+  const out = processMessage(sets, group, { ...late, subject: 'seg.p.raw.3' }, { ...options, stepId: 'sets' }, c)
+  const toLate = out.filter((o) => o.subject === 'seg.p.late.3')
+  t.equal(toLate.length, 1)
+  t.same(Buffer.from(toLate[0]!.data), Buffer.from(late.data), 'the input as it came')
+  t.equal(toLate[0]!.msgId, `sets:S:${late.seq}:late`)
+  t.equal(c.late, 1)
+  t.equal(processMessage(sets, group, message('u', 2000), { ...options, stepId: 'sets' }, c).filter((o) => o.subject.includes('.late.')).length, 0)
+  t.equal(c.late, 1)
 })
