@@ -35,7 +35,7 @@ export type SessionName = (typeof SESSION_NAMES)[number]
  * Consumers keep the highest `version` per `sessionId`; a retracted session counts for nothing.
  */
 export const SessionChange = Type.Object({
-  name: Type.Union(SESSION_NAMES.map((name) => Type.Literal(name))),
+  name: Type.Union([Type.Literal('$session_start'), Type.Literal('$session_end'), Type.Literal('$session_retract')]),
   /** Increases with every change of this sessionId, so a sink applies only newer versions. */
   version: Type.Integer({ minimum: 1 }),
   session: Session,

@@ -51,7 +51,7 @@ t.test('createEnrich', async (t) => {
     const enrich = createEnrich({ keyGroups })
     t.equal(enrich.stepId, 'enrich')
     const state = enrich.init()
-    t.equal(state, null, 'stateless')
+    t.same(state, { identity: {}, seen: { ids: {}, count: 0 }, newest: Number.NEGATIVE_INFINITY }, 'starts with no identity and no ids seen')
     for (const c of cases) {
       const label = `${c.name} (${keyGroups} key groups)`
       const raw = rawOf(c.message, { source: c.source ?? 'live' })
@@ -59,7 +59,8 @@ t.test('createEnrich', async (t) => {
       const input = { envelope: raw, origin }
       t.equal(enrich.keyOf(input), raw.key, `${label}: keyed by the raw routing key`)
       const result = enrich.onEvent(state, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
-      t.equal(result.state, state, `${label}: state unchanged`)
+      t.equal(result.state!.seen.count, 1, `${label}: the message id is remembered`)
+      t.equal(enrich.onEvent(result.state!, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined }).emit.length, 0, `${label}: the same message again is a late duplicate, dropped`)
       t.equal(result.wakeAt, undefined, `${label}: no timer`)
       t.equal(result.emit.length, 1, `${label}: one output`)
       const emission = result.emit[0]!
@@ -80,11 +81,11 @@ t.test('createEnrich', async (t) => {
     }
   }
   const enrich = createEnrich({ keyGroups: 64 })
-  const a = enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-a', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
-  const b = enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-b', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
+  const a = enrich.onEvent(enrich.init(), { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-a', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
+  const b = enrich.onEvent(enrich.init(), { envelope: rawOf(messageOf({ type: 'track', event: 'e', anonymousId: 'device-b', userId: 'same-user' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
   t.equal(a.emit[0]!.keyGroup, b.emit[0]!.keyGroup, 'two devices of one user meet in one key group')
   t.equal(a.emit[0]!.envelope.key, 'same-user', 'keyed by the user')
-  t.equal(enrich.onEvent(null, { envelope: rawOf(messageOf({ type: 'track', event: 'e', userId: 'foobar' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined }).emit[0]!.keyGroup, 40, 'pinned: foobar -> key group 40 of 64')
+  t.equal(enrich.onEvent(enrich.init(), { envelope: rawOf(messageOf({ type: 'track', event: 'e', userId: 'foobar' })), origin }, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined }).emit[0]!.keyGroup, 40, 'pinned: foobar -> key group 40 of 64')
 })
 
 t.test('eventRowOf', async (t) => {

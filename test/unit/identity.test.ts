@@ -1,0 +1,78 @@
+import fc from 'fast-check'
+import t from 'tap'
+import { DEDUP_DEFAULTS, emptySeen, idHash, markSeen } from '../../operators/enrich/dedup.ts'
+import { identityStep, type IdentityState } from '../../operators/enrich/identity.ts'
+import type { SegmentMessage } from '../../schemas/segment.ts'
+
+const at = '2019-05-01T00:00:00.000Z'
+const msg = (fields: Partial<SegmentMessage> & Pick<SegmentMessage, 'type'>): SegmentMessage => ({ messageId: 'm', timestamp: at, receivedAt: at, ...fields })
+
+t.test('identity transitions', async (t) => {
+  const cases: Array<{ name: string; state: IdentityState; key: string; message: SegmentMessage; canonical: string; next: IdentityState; merge?: [string, string]; refused?: RegExp }> = [
+    { name: 'anonymous event', state: {}, key: 'a', message: msg({ type: 'track', event: 'e', anonymousId: 'a' }), canonical: 'a', next: {} },
+    { name: 'identify after anonymous events links and merges', state: {}, key: 'a', message: msg({ type: 'identify', anonymousId: 'a', userId: 'u' }), canonical: 'u', next: { link: 'u' }, merge: ['a', 'u'] },
+    
+    { name: 'anonymous event after the link counts for the user', state: { link: 'u' }, key: 'a', message: msg({ type: 'page', anonymousId: 'a' }), canonical: 'u', next: { link: 'u' } },
+    { name: 'second identify to another user: the first link wins', state: { link: 'u' }, key: 'a', message: msg({ type: 'identify', anonymousId: 'a', userId: 'v' }), canonical: 'v', next: { link: 'u' }, refused: /already linked to u/ },
+    { name: 'identify again to the same user: nothing new', state: { link: 'u' }, key: 'a', message: msg({ type: 'identify', anonymousId: 'a', userId: 'u' }), canonical: 'u', next: { link: 'u' } },
+    { name: 'event of a user with an anonymous id: the user id', state: {}, key: 'a', message: msg({ type: 'track', event: 'e', anonymousId: 'a', userId: 'u' }), canonical: 'u', next: {} },
+    { name: 'user-only message at its own key marks a user id', state: {}, key: 'u', message: msg({ type: 'track', event: 'e', userId: 'u' }), canonical: 'u', next: { user: true } },
+    { name: 'alias of an anonymous id, routed by previousId', state: {}, key: 'p', message: msg({ type: 'alias', previousId: 'p', userId: 'u' }), canonical: 'u', next: { link: 'u' }, merge: ['p', 'u'] },
+    { name: 'alias of a user id into another user: refused', state: { user: true }, key: 'u1', message: msg({ type: 'alias', previousId: 'u1', userId: 'u2' }), canonical: 'u2', next: { user: true }, refused: /never merged implicitly/ },
+    { name: 'alias routed elsewhere: no link', state: {}, key: 'x', message: msg({ type: 'alias', anonymousId: 'x', previousId: 'p', userId: 'u' }), canonical: 'u', next: {}, refused: /only the key's own id/ },
+  ]
+  for (const c of cases) {
+    const step = identityStep(c.state, c.key, c.message)
+    t.equal(step.canonicalId, c.canonical, `${c.name}: canonical id`)
+    t.same(step.state, c.next, `${c.name}: next state`)
+    t.same(step.merge, c.merge ? { from: c.merge[0], into: c.merge[1] } : undefined, `${c.name}: merge`)
+    if (c.refused) t.match(step.refused, c.refused, `${c.name}: reason`)
+    else t.equal(step.refused, undefined, `${c.name}: nothing refused`)
+  }
+})
+
+t.test('property: an anonymous id ends linked to the first user it was identified as, published once', async () => {
+  const anon = fc.constantFrom('a1', 'a2')
+  const user = fc.constantFrom('u1', 'u2', 'u3')
+  const message = fc.oneof(
+    anon.map((a) => msg({ type: 'track', event: 'e', anonymousId: a })),
+    fc.tuple(anon, user).map(([a, u]) => msg({ type: 'identify', anonymousId: a, userId: u })),
+    fc.tuple(anon, user).map(([a, u]) => msg({ type: 'track', event: 'e', anonymousId: a, userId: u })),
+    fc.tuple(anon, user).map(([a, u]) => msg({ type: 'alias', anonymousId: a, previousId: a, userId: u })),
+  )
+  fc.assert(fc.property(fc.array(message, { maxLength: 30 }), (log) => {
+    const states: Record<string, IdentityState> = {}
+    const merges: string[] = []
+    for (const m of log) {
+      const key = m.anonymousId!
+      const step = identityStep(states[key] ?? {}, key, m)
+      states[key] = step.state
+      if (step.merge) merges.push(`${step.merge.from}->${step.merge.into}`)
+      // the canonical id is the message's user id, else the link as it stands
+      if (step.canonicalId !== (m.userId ?? step.state.link ?? key)) return false
+    }
+    for (const a of ['a1', 'a2']) {
+      const mine = log.filter((m) => m.anonymousId === a)
+      const firstLink = mine.find((m) => m.type === 'identify' || m.type === 'alias')
+      if (states[a]?.link !== firstLink?.userId) return false
+      // one link message, naming the first user
+      const mergesOfA = merges.filter((x) => x.startsWith(`${a}->`))
+      if (mergesOfA.length !== (firstLink ? 1 : 0) || (firstLink && mergesOfA[0] !== `${a}->${firstLink.userId}`)) return false
+    }
+    return true
+  }), { numRuns: 500 })
+})
+
+t.test('late duplicates: an id is remembered within the horizon and the cap', async (t) => {
+  const options = { horizonMs: 1_000, maxIds: 8 }
+  const seen = emptySeen()
+  t.equal(markSeen(seen, 'x', 100, 100, options), false)
+  t.equal(markSeen(seen, 'x', 100, 100, options), true, 'the same id again: a duplicate')
+  for (let i = 0; i < 8; i++) markSeen(seen, `m${i}`, 2_000 + i, 2_000 + i, options)
+  t.ok(seen.count <= 8, `bounded (${seen.count} ids)`)
+  t.equal(seen.ids[idHash('x')], undefined, 'an id beyond the horizon is forgotten first')
+  t.equal(markSeen(seen, 'm7', 2_007, 2_007, options), true, 'the newest ids are kept')
+  t.not(idHash('message-1'), idHash('message-2'))
+  t.match(idHash('some-long-message-id'), /^[0-9a-z]{1,11}$/)
+  t.equal(DEDUP_DEFAULTS.horizonMs, 7 * 86_400_000)
+})
