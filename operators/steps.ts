@@ -2,16 +2,22 @@ import { jetstream } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { PipelinedPublisher } from '../broker/publisher.ts'
 import type { Logger } from '../config/logger.ts'
-import type { EnrichedEventEnvelope } from '../schemas/envelope.ts'
+import { Kvm } from '@nats-io/kv'
+import type { AnyEnvelope } from '../schemas/envelope.ts'
 import type { Store } from '../store/store.ts'
+import type { IdentityLink } from '../store/sessions.ts'
 import { consumersOf } from '../topology/apply.ts'
 import type { StepSpec, Topology } from '../topology/model.ts'
+import type { ChannelOptions } from './enrich/channel.ts'
+import { contextOf } from './enrich/context.ts'
+import { noGeo, type GeoLookup } from './enrich/geo.ts'
 import { createEnrich } from './enrich/logic.ts'
 import { startInstance, type Failpoint } from './runtime/instance.ts'
 import type { Metrics } from './runtime/metrics.ts'
 import type { Operator } from './runtime/operator.ts'
 import { runSink } from './runtime/run-sink.ts'
-import { eventRowOf } from './sink/rows.ts'
+import { createSessionize } from './sessionize/logic.ts'
+import { eventsSinkItemOf, sessionRowOf } from './sink/rows.ts'
 
 export interface StepContext {
   nc: NatsConnection
@@ -23,6 +29,10 @@ export interface StepContext {
   metrics?: Metrics
   /** Test hook: SEGSTREAM_FAILPOINT wiring. */
   failpoint?: (point: Failpoint) => void
+  /** IP → country and city (SEGSTREAM_GEO_DB); none by default. */
+  geo?: GeoLookup
+  /** Channel rules beyond the built-in ones (docs/enrich.md). */
+  channels?: ChannelOptions
   /** Lease timing, shortened in tests. */
   leaseMs?: number
   heartbeatMs?: number
@@ -37,7 +47,17 @@ type StepRunner = (step: StepSpec, context: StepContext) => Promise<RunningStep>
 
 /** Operators by stepId: the pure logic the runtime drives. */
 export const OPERATORS: Record<string, (context: StepContext) => Operator<any, any>> = {
-  enrich: (context) => createEnrich({ keyGroups: context.keyGroups }),
+  enrich: (context) => {
+    const dependencies = { geo: context.geo ?? noGeo, channels: context.channels ?? {} }
+    return createEnrich({ keyGroups: context.keyGroups, contextOf: (message) => contextOf(message, dependencies) })
+  },
+  sessionize: (context) => createSessionize({ keyGroups: context.keyGroups }),
+}
+
+/** How long a key may sit idle (event time) before its state starts over, per step. */
+const IDLE_TTL_MS: Record<string, number> = {
+  // an anonymous id's link must outlive long absences: a returning visitor stays their user
+  enrich: 400 * 86_400_000,
 }
 
 const runOperatorStep: StepRunner = async (step, context) => {
@@ -46,15 +66,32 @@ const runOperatorStep: StepRunner = async (step, context) => {
   const instance = startInstance({
     nc: context.nc, publisher: context.publisher, operator: factory(context), step, topology: context.topology,
     keyGroups: context.keyGroups, logger: context.logger, metrics: context.metrics, failpoint: context.failpoint,
-    leaseMs: context.leaseMs, heartbeatMs: context.heartbeatMs,
+    leaseMs: context.leaseMs, heartbeatMs: context.heartbeatMs, idleTtlMs: IDLE_TTL_MS[step.stepId],
   })
   await instance.start()
   return instance
 }
 
-/** Sinks by stepId. */
-const SINKS: Record<string, StepRunner> = {
-  'sink-events': async (step, context) => {
+/** A failure worth waiting out (the broker is down): the sink holds the batch and retries. */
+class UnavailableError extends Error {
+  readonly retryable = true
+}
+
+/** Publishes links in the seg_identity bucket: create only, so the first link stays (docs/identity.md). */
+async function publishLinks(kv: Awaited<ReturnType<Kvm['open']>>, links: readonly IdentityLink[]) {
+  for (const link of links) {
+    const key = `${link.project}.${Buffer.from(link.anonymousId).toString('base64url')}`
+    try {
+      await kv.create(key, link.userId)
+    } catch (error) {
+      const existing = await kv.get(key).catch((cause) => { throw new UnavailableError(`identity bucket: ${(cause as Error).message}`) })
+      if (!existing || existing.operation !== 'PUT') throw new UnavailableError(`identity bucket: ${(error as Error).message}`)
+    }
+  }
+}
+
+function sinkRunner<Row>(toRow: (envelope: AnyEnvelope, seq: number) => Row | undefined, write: (context: StepContext, rows: Row[]) => Promise<unknown>): StepRunner {
+  return async (step, context) => {
     const controller = new AbortController()
     const running = runSink({
       stepId: step.stepId,
@@ -62,16 +99,27 @@ const SINKS: Record<string, StepRunner> = {
       publisher: context.publisher,
       consumers: consumersOf(context.topology, step).map(({ stream, name }) => ({ stream: stream.name, name })),
       batchSize: step.consumer!.batchSize,
-      toRow: (envelope, seq) => {
-        if (envelope.type !== 'enriched_event') throw new Error(`sink-events reads enriched_event messages, got ${envelope.type}`)
-        return eventRowOf(envelope as EnrichedEventEnvelope, seq)
-      },
-      write: (rows) => context.store.insertEvents(rows),
+      toRow,
+      write: (rows) => write(context, rows),
       logger: context.logger,
       signal: controller.signal,
     })
     return { stop: async () => { controller.abort(); await running } }
-  },
+  }
+}
+
+/** Sinks by stepId. */
+const SINKS: Record<string, StepRunner> = {
+  'sink-events': sinkRunner(eventsSinkItemOf, async (context, items) => {
+    const rows = items.flatMap((item) => (item.kind === 'event' ? [item.row] : []))
+    const links = items.flatMap((item) => (item.kind === 'link' ? [item.link] : []))
+    await context.store.insertEvents(rows)
+    // after the rows of the same batch: a link re-attributes what was stored before it
+    if (links.length === 0) return
+    await context.store.applyLinks(links)
+    await publishLinks(await new Kvm(context.nc).open('seg_identity'), links)
+  }),
+  'sink-sessions': sinkRunner(sessionRowOf, (context, rows) => context.store.upsertSessions(rows)),
 }
 
 /** Steps that run in processes (everything but sources). */

@@ -1,6 +1,7 @@
 import pg from 'pg'
 import type { Logger } from '../config/logger.ts'
 import { migrate, type DatabaseTarget } from './migrate.ts'
+import { sessionStore } from './sessions.ts'
 
 /** One row of the events table. Times are ms since the epoch. */
 export interface EventRow {
@@ -94,6 +95,7 @@ export async function openStore(options: StoreOptions) {
 
   return {
     pool,
+    ...sessionStore(query),
     get target(): DatabaseTarget {
       if (!target) throw new Error('store not migrated yet: call migrate() first')
       return target

@@ -9,6 +9,7 @@ import { PipelinedPublisher } from '../../broker/publisher.ts'
 import type { Config } from '../../config/env.ts'
 import { createLogger, type Logger } from '../../config/logger.ts'
 import { buildApp } from '../../gateway/app.ts'
+import { openGeo } from '../../operators/enrich/geo.ts'
 import { startSteps } from '../../operators/steps.ts'
 import { Metrics } from '../../operators/runtime/metrics.ts'
 import { createProject, getProject, ProjectCache } from '../../projects/registry.ts'
@@ -58,6 +59,16 @@ function untilSignal(): Promise<string> {
   })
 }
 
+/** The geo database named by SEGSTREAM_GEO_DB, if any (docs/enrich.md). */
+async function geoOf(config: Config) {
+  if (!config.geoDatabase) return undefined
+  try {
+    return await openGeo(config.geoDatabase)
+  } catch (error) {
+    throw new Error(`SEGSTREAM_GEO_DB=${config.geoDatabase}: cannot read it as a MaxMind-format database: ${(error as Error).message}`)
+  }
+}
+
 export async function runProcess(mode: 'run' | 'gateway' | 'up', args: string[], config: Config): Promise<number> {
   if (mode === 'up') return up(config)
   const logger = createLogger(config.logLevel)
@@ -65,7 +76,7 @@ export async function runProcess(mode: 'run' | 'gateway' | 'up', args: string[],
   const services = await openServices(config, logger, config.databaseUrl, config.databasePoolSize, { provision: false })
   if (mode === 'run') {
     const metrics = new Metrics()
-    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics }, args)
+    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics, geo: await geoOf(config) }, args)
     const metricsPort = Number(process.env.SEGSTREAM_METRICS_PORT ?? 9464)
     const server = createServer((request, response) => {
       if (request.url !== '/metrics') return void response.writeHead(404).end()
@@ -162,7 +173,7 @@ async function up(config: Config): Promise<number> {
     say(`topology applied on ${natsUrl}; database migrated (${services.store.target})`)
     const demo = await ensureDemoProject(services.nc, dataDir)
     const metrics = new Metrics()
-    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics }, [])
+    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics, geo: await geoOf(config) }, [])
     say(`operators running: ${steps.steps.join(', ')}`)
     const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger, metrics })
     await app.listen({ host: config.httpHost, port: config.httpPort })

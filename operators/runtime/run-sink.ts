@@ -15,8 +15,8 @@ export interface RunSinkOptions<Row> {
   publisher: PipelinedPublisher
   consumers: { stream: string; name: string }[]
   batchSize: number
-  /** Envelope to row; throws for a message this sink cannot store. */
-  toRow: (envelope: AnyEnvelope, streamSeq: number) => Row
+  /** Envelope to row; undefined for a message that is not this sink's (acked, skipped); throws for one it cannot store. */
+  toRow: (envelope: AnyEnvelope, streamSeq: number) => Row | undefined
   /** Writes rows idempotently (a replayed row changes nothing). */
   write: (rows: Row[]) => Promise<unknown>
   logger: Logger
@@ -47,7 +47,7 @@ export async function runSink<Row>(options: RunSinkOptions<Row>): Promise<void> 
         await options.write(rows)
         return true
       } catch (error) {
-        if (!(error instanceof DatabaseUnavailableError)) throw error
+        if (!(error instanceof DatabaseUnavailableError) && (error as { retryable?: boolean })?.retryable !== true) throw error
         if (attempt === 0 || attempt % 20 === 0) logger.warn({ err: error, attempt }, 'database unavailable; holding the batch and retrying')
         if (signal.aborted) return false
         await sleep(backoffMs(attempt, 200, 5_000), signal)
@@ -61,13 +61,13 @@ export async function runSink<Row>(options: RunSinkOptions<Row>): Promise<void> 
       const good: { message: JsMsg; row: Row }[] = []
       for (const message of messages) {
         try {
-          const envelope = decodeEnvelope(message.data)
-          // definition changes travel on the operators' input stages; they are not rows
-          if (envelope.type === 'control') {
+          const row = options.toRow(decodeEnvelope(message.data), message.seq)
+          // definition changes and state hand-offs travel on the operators' input stages; they are not rows
+          if (row === undefined) {
             message.ack()
             continue
           }
-          good.push({ message, row: options.toRow(envelope, message.seq) })
+          good.push({ message, row })
         } catch (error) {
           await deadLetter(message, (error as Error).message)
           message.ack()

@@ -1,4 +1,5 @@
-import type { EnrichedEventEnvelope } from '../../schemas/envelope.ts'
+import type { AnyEnvelope, EnrichedEventEnvelope } from '../../schemas/envelope.ts'
+import type { IdentityLink, SessionRow } from '../../store/sessions.ts'
 import type { EventRow } from '../../store/store.ts'
 
 const COLUMN_FIELDS = new Set(['type', 'messageId', 'anonymousId', 'userId', 'event', 'properties', 'traits', 'context', 'timestamp', 'receivedAt'])
@@ -29,5 +30,35 @@ export function eventRowOf(envelope: EnrichedEventEnvelope, enrichedSeq: number)
     traits: message.traits ?? null,
     context: message.context ?? {},
     extra,
+  }
+}
+
+/** What sink-events writes: an event row, or an identity link that re-attributes stored events. */
+export type EventsSinkItem = { kind: 'event'; row: EventRow } | { kind: 'link'; link: IdentityLink }
+
+/** Envelope on the enriched stage → what sink-events does with it; undefined: not the sink's. Pure. */
+export function eventsSinkItemOf(envelope: AnyEnvelope, enrichedSeq: number): EventsSinkItem | undefined {
+  switch (envelope.type) {
+    case 'enriched_event':
+      return { kind: 'event', row: eventRowOf(envelope, enrichedSeq) }
+    case 'merge':
+      return { kind: 'link', link: { project: envelope.project, anonymousId: envelope.data.from, userId: envelope.data.into, linkedAt: envelope.time } }
+    case 'control':
+    case 'merge_state':
+      return undefined
+    default:
+      throw new Error(`sink-events reads enriched_event and merge messages, got ${envelope.type}`)
+  }
+}
+
+/** A session change as a sessions-table row; undefined: not the sink's. Pure. */
+export function sessionRowOf(envelope: AnyEnvelope, sessionsSeq: number): SessionRow | undefined {
+  if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state') return undefined
+  if (envelope.type !== 'session') throw new Error(`sink-sessions reads session messages, got ${envelope.type}`)
+  const { name, version, session } = envelope.data
+  return {
+    project: envelope.project, sessionId: session.sessionId, canonicalId: session.canonicalId, startedAt: session.start, lastEventAt: session.end,
+    durationMs: session.durationMs, events: session.events, pages: session.pages, entryPage: session.entryPage ?? null, exitPage: session.exitPage ?? null,
+    channel: session.channel ?? null, device: session.device ?? null, firstMessageId: session.firstMessageId, status: name, version, sessionsSeq,
   }
 }

@@ -34,19 +34,20 @@ t.test('the shipped topology is valid', async (t) => {
   t.equal(validateTopology(topology), topology, 'validateTopology returns it unchanged')
   t.same(
     topology.steps.map((s) => s.stepId),
-    ['collector', 'enrich', 'sink-events'],
+    ['collector', 'enrich', 'sessionize', 'sink-events', 'sink-sessions'],
   )
   t.same(
     topology.streams.map((s) => s.name),
-    ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_DLQ'],
+    ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_LATE', 'SEG_DLQ'],
   )
   t.same(
     topology.streams.map((s) => s.subjects),
-    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.dlq.*']],
+    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.sessions.*'], ['seg.*.late.*'], ['seg.*.dlq.*']],
   )
   const byId = (id: string) => topology.steps.find((s) => s.stepId === id)!
   t.same(downstreamOf(topology, byId('collector')).map((s) => s.stepId), ['enrich'], 'the collector feeds enrich')
-  t.same(downstreamOf(topology, byId('enrich')).map((s) => s.stepId), ['sink-events'], 'enrich feeds the sink')
+  t.same(downstreamOf(topology, byId('enrich')).map((s) => s.stepId), ['sessionize', 'sink-events'], 'enrich feeds sessionize and the sink')
+  t.same(downstreamOf(topology, byId('sessionize')).map((s) => s.stepId), ['sink-sessions'], 'sessionize feeds its sink')
   t.same(downstreamOf(topology, byId('sink-events')).map((s) => s.stepId), [], 'nothing reads the dead letters')
   for (const s of topology.steps) {
     if (s.kind !== 'source') t.ok(s.consumer, `${s.stepId} has consumer settings`)
@@ -56,7 +57,7 @@ t.test('the shipped topology is valid', async (t) => {
   t.same(topologyProblems(tuned), [], 'a tuned topology is valid too')
   for (const s of tuned.streams) {
     t.equal(s.replicas, 3, `${s.name} replicas`)
-    if (s.name !== 'SEG_DLQ') {
+    if (s.name !== 'SEG_DLQ' && s.name !== 'SEG_LATE') {
       t.equal(s.maxAgeMs, 1000, `${s.name} maxAgeMs follows the option`)
       t.equal(s.maxBytes, 2048, `${s.name} maxBytes follows the option`)
     }
@@ -67,7 +68,7 @@ t.test('the shipped topology is valid', async (t) => {
   t.ok(dlq.maxBytes > 0 && dlq.maxBytes <= 2048, 'the DLQ cap never exceeds the event stream cap')
   for (const kv of tuned.kv) t.equal(kv.replicas, 3, `${kv.bucket} replicas`)
   const defaults = segstreamTopology()
-  const eventStreams = defaults.streams.filter((s) => s.name !== 'SEG_DLQ')
+  const eventStreams = defaults.streams.filter((s) => s.name !== 'SEG_DLQ' && s.name !== 'SEG_LATE')
   t.ok(eventStreams.every((s) => s.maxAgeMs === 7 * 24 * 60 * 60_000), 'default retention is 7 days')
   const cap = eventStreams[0]!.maxBytes
   t.ok(Number.isInteger(cap) && cap > 0, `default cap is a positive byte count (${cap})`)
