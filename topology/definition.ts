@@ -13,6 +13,8 @@ export interface TopologyOptions {
   streamMaxBytes?: number
   /** Replicas of every stream and bucket. Default 1. */
   replicas?: number
+  /** JetStream's duplicate window (Nats-Msg-Id) of every stream, ms. Default 2 minutes; beyond it enrich drops late duplicates. */
+  duplicateWindowMs?: number
 }
 
 /** The segstream dataflow. */
@@ -24,7 +26,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
     retention: 'limits',
     storage: 'file',
     replicas,
-    duplicateWindowMs: 2 * MINUTE,
+    duplicateWindowMs: options.duplicateWindowMs ?? 2 * MINUTE,
     maxAgeMs,
     maxBytes,
     discard: 'new',

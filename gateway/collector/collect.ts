@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto'
-import type { PipelinedPublisher } from '../../broker/publisher.ts'
+import type { OutgoingMessage, PipelinedPublisher } from '../../broker/publisher.ts'
 import { encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type DeadLetterEnvelope, type RawEventEnvelope } from '../../schemas/envelope.ts'
 import type { SegmentType } from '../../schemas/segment.ts'
-import { keyGroupOf, subjectFor } from '../../topology/subjects.ts'
+import { keyGroupOf, subjectFor, type Stage } from '../../topology/subjects.ts'
 import { normalizeMessage, type StampContext } from './normalize.ts'
 
 export interface Rejection {
@@ -38,10 +38,14 @@ export interface CollectInput {
  */
 export async function collect(publisher: PipelinedPublisher, input: CollectInput): Promise<CollectResult> {
   const { project, keyGroups, stage } = input
-  const pending: Promise<{ duplicate: boolean }>[] = []
-  const eventAcks: Promise<{ duplicate: boolean }>[] = []
+  const source = stage === 'raw' ? 'live' : 'import'
+  const eventSubjects = subjectsOf(project, stage, keyGroups)
+  const events: OutgoingMessage[] = []
+  const letters: OutgoingMessage[] = []
   const rejected: Rejection[] = []
-  input.messages.forEach((raw, index) => {
+  const messages = input.messages
+  for (let index = 0; index < messages.length; index++) {
+    const raw = messages[index]
     const normalized = normalizeMessage(raw, input.stamp, input.forcedType)
     if (!normalized.ok) {
       rejected.push({ index, messageId: normalized.messageId, reason: normalized.reason })
@@ -51,29 +55,41 @@ export async function collect(publisher: PipelinedPublisher, input: CollectInput
       const keyGroup = keyGroupOf(key, keyGroups)
       const letter: DeadLetterEnvelope = {
         v: ENVELOPE_VERSION, type: 'dead_letter', project, id: normalized.messageId ?? `dl-${payloadHash}`,
-        time: input.stamp.receivedAt, key, keyGroup, source: stage === 'raw' ? 'live' : 'import',
+        time: input.stamp.receivedAt, key, keyGroup, source,
         data: { stepId: 'collector', reason: normalized.reason, payload },
       }
-      pending.push(publisher.publish(subjectFor(project, 'dlq', keyGroup), encode(letter), `${project}:dlq:collector:${payloadHash}`))
-      return
+      letters.push({ subject: subjectFor(project, 'dlq', keyGroup), data: encode(letter), msgId: `${project}:dlq:collector:${payloadHash}` })
+      continue
     }
     const message = normalized.message
-    const key = (message.anonymousId ?? message.userId)!
+    // an alias is routed by previousId: the id it links meets its own identity state in enrich
+    const key = ((message.type === 'alias' ? message.previousId : undefined) ?? message.anonymousId ?? message.userId)!
     const keyGroup = keyGroupOf(key, keyGroups)
     const envelope: RawEventEnvelope = {
       v: ENVELOPE_VERSION, type: 'raw_event', project, id: message.messageId, time: Date.parse(message.timestamp),
-      key, keyGroup, source: stage === 'raw' ? 'live' : 'import', data: message,
+      key, keyGroup, source, data: message,
     }
-    const ack = publisher.publish(subjectFor(project, stage, keyGroup), encode(envelope), `${project}:${message.messageId}`)
-    pending.push(ack)
-    eventAcks.push(ack)
-  })
+    events.push({ subject: eventSubjects[keyGroup]!, data: encode(envelope), msgId: `${project}:${message.messageId}` })
+  }
   // wait for every ack, so no publish is left failing unobserved
-  const settled = await Promise.allSettled(pending)
-  const failure = settled.find((result) => result.status === 'rejected')
-  if (failure) throw failure.reason
-  const duplicates = (await Promise.all(eventAcks)).filter((ack) => ack.duplicate).length
-  return { accepted: eventAcks.length, duplicates, rejected }
+  const [stored, deadLettered] = await Promise.allSettled([publisher.publishBatch(events), publisher.publishBatch(letters)])
+  if (stored.status === 'rejected') throw stored.reason
+  if (deadLettered.status === 'rejected') throw deadLettered.reason
+  return { accepted: stored.value.stored, duplicates: stored.value.duplicates, rejected }
+}
+
+/** The subject of each key group of a project's stage, built (and validated) once. */
+const subjectCache = new Map<string, string[]>()
+function subjectsOf(project: string, stage: Stage, keyGroups: number): readonly string[] {
+  const cacheKey = `${project}.${stage}.${keyGroups}`
+  let subjects = subjectCache.get(cacheKey)
+  if (!subjects) {
+    subjects = Array.from({ length: keyGroups }, (_, keyGroup) => subjectFor(project, stage, keyGroup))
+    // projects come and go; a bound keeps a long-running gateway's cache small
+    if (subjectCache.size >= 10_000) subjectCache.clear()
+    subjectCache.set(cacheKey, subjects)
+  }
+  return subjects
 }
 
 function routingKeyOf(raw: unknown): string | undefined {

@@ -40,6 +40,8 @@ export async function startSystem(options: {
   requestsPerSecond?: number
   /** Receives every log line (JSON) at level info and above. */
   logLines?: string[]
+  /** JetStream's duplicate window, ms (shortened to test late duplicates). */
+  duplicateWindowMs?: number
 }): Promise<System> {
   const lines = options.logLines
   const logger = lines
@@ -48,7 +50,7 @@ export async function startSystem(options: {
   const keyGroups = options.keyGroups ?? 8
   const [nats, database] = await Promise.all([startNats(), options.database()])
   const nc = await connectNats(nats.url, 'test', logger)
-  const topology = segstreamTopology({ streamMaxBytes: 256 * 1024 * 1024 })
+  const topology = segstreamTopology({ streamMaxBytes: 256 * 1024 * 1024, duplicateWindowMs: options.duplicateWindowMs })
   await applyTopology(nc, topology, { keyGroups })
   const store = await openStore({ url: database.url, poolSize: options.poolSize, logger })
   await store.migrate()
