@@ -4,6 +4,8 @@ import type { PipelinedPublisher } from '../broker/publisher.ts'
 import type { Logger } from '../config/logger.ts'
 import { Kvm } from '@nats-io/kv'
 import type { AnyEnvelope } from '../schemas/envelope.ts'
+import { DEFAULT_SETTINGS, type ProjectSettings } from '../projects/model.ts'
+import type { ProjectCache } from '../projects/registry.ts'
 import type { Store } from '../store/store.ts'
 import type { IdentityLink } from '../store/sessions.ts'
 import { consumersOf } from '../topology/apply.ts'
@@ -29,6 +31,8 @@ export interface StepContext {
   metrics?: Metrics
   /** Test hook: SEGSTREAM_FAILPOINT wiring. */
   failpoint?: (point: Failpoint) => void
+  /** Project settings (session gap, allowed lateness); defaults when absent. */
+  projects?: ProjectCache
   /** IP → country and city (SEGSTREAM_GEO_DB); none by default. */
   geo?: GeoLookup
   /** Channel rules beyond the built-in ones (docs/enrich.md). */
@@ -51,7 +55,16 @@ export const OPERATORS: Record<string, (context: StepContext) => Operator<any, a
     const dependencies = { geo: context.geo ?? noGeo, channels: context.channels ?? {} }
     return createEnrich({ keyGroups: context.keyGroups, contextOf: (message) => contextOf(message, dependencies) })
   },
-  sessionize: (context) => createSessionize({ keyGroups: context.keyGroups }),
+  sessionize: (context) => createSessionize({ keyGroups: context.keyGroups, gapMsOf: (project) => settingsOf(context, project).sessionGapMs }),
+}
+
+/**
+ * A project's settings as the runtime knows them. They are fixed at creation
+ * today; a settings change would apply from when each instance sees it, not at
+ * a fixed input position (docs/operators.md, limits).
+ */
+function settingsOf(context: StepContext, project: string): ProjectSettings {
+  return context.projects?.byId(project)?.settings ?? DEFAULT_SETTINGS
 }
 
 /** How long a key may sit idle (event time) before its state starts over, per step. */
@@ -67,6 +80,7 @@ const runOperatorStep: StepRunner = async (step, context) => {
     nc: context.nc, publisher: context.publisher, operator: factory(context), step, topology: context.topology,
     keyGroups: context.keyGroups, logger: context.logger, metrics: context.metrics, failpoint: context.failpoint,
     leaseMs: context.leaseMs, heartbeatMs: context.heartbeatMs, idleTtlMs: IDLE_TTL_MS[step.stepId],
+    latenessOf: (project) => settingsOf(context, project).allowedLatenessMs,
   })
   await instance.start()
   return instance

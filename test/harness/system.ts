@@ -67,7 +67,7 @@ export async function startSystem(options: {
       return created
     },
     async startOperators(stepIds = []) {
-      const steps = await startSteps({ nc, publisher, store, topology, keyGroups, logger, leaseMs: 2_000, heartbeatMs: 250 }, stepIds)
+      const steps = await startSteps({ nc, publisher, store, projects, topology, keyGroups, logger, leaseMs: 2_000, heartbeatMs: 250 }, stepIds)
       running.push(steps)
       return steps
     },
