@@ -7,6 +7,7 @@ import type { AnyEnvelope } from '../schemas/envelope.ts'
 import { DEFAULT_SETTINGS, type ProjectSettings } from '../projects/model.ts'
 import type { ProjectCache } from '../projects/registry.ts'
 import type { Store } from '../store/store.ts'
+import { DEFAULT_POLICY, type MaintenancePolicy } from '../store/maintenance.ts'
 import type { IdentityLink } from '../store/sessions.ts'
 import { consumersOf } from '../topology/apply.ts'
 import type { StepSpec, Topology } from '../topology/model.ts'
@@ -33,6 +34,8 @@ export interface StepContext {
   failpoint?: (point: Failpoint) => void
   /** Project settings (session gap, allowed lateness); defaults when absent. */
   projects?: ProjectCache
+  /** Compression and retention of events, run by sink-events every hour. Default: compress after 30 days, keep all. */
+  maintenance?: MaintenancePolicy
   /** IP → country and city (SEGSTREAM_GEO_DB); none by default. */
   geo?: GeoLookup
   /** Channel rules beyond the built-in ones (docs/enrich.md). */
@@ -122,9 +125,28 @@ function sinkRunner<Row>(toRow: (envelope: AnyEnvelope, seq: number) => Row | un
   }
 }
 
+const MAINTENANCE_EVERY_MS = 3_600_000
+
+/** Runs the events table's compression and retention now and then, beside sink-events. */
+const withMaintenance = (runner: StepRunner): StepRunner => async (step, context) => {
+  const running = await runner(step, context)
+  const policy = context.maintenance ?? DEFAULT_POLICY
+  const run = async () => {
+    try {
+      const result = await context.store.maintain(policy)
+      if (result.compressedChunks > 0 || result.removed > 0) context.logger.info({ stepId: step.stepId, ...result }, 'events compressed / expired')
+    } catch (error) {
+      context.logger.warn({ stepId: step.stepId, err: error }, 'events maintenance failed; next try in an hour')
+    }
+  }
+  const first = setTimeout(run, 60_000).unref()
+  const every = setInterval(run, MAINTENANCE_EVERY_MS).unref()
+  return { stop: async () => { clearTimeout(first); clearInterval(every); await running.stop() } }
+}
+
 /** Sinks by stepId. */
 const SINKS: Record<string, StepRunner> = {
-  'sink-events': sinkRunner(eventsSinkItemOf, async (context, items) => {
+  'sink-events': withMaintenance(sinkRunner(eventsSinkItemOf, async (context, items) => {
     const rows = items.flatMap((item) => (item.kind === 'event' ? [item.row] : []))
     const links = items.flatMap((item) => (item.kind === 'link' ? [item.link] : []))
     await context.store.insertEvents(rows)
@@ -132,7 +154,7 @@ const SINKS: Record<string, StepRunner> = {
     if (links.length === 0) return
     await context.store.applyLinks(links)
     await publishLinks(await new Kvm(context.nc).open('seg_identity'), links)
-  }),
+  })),
   'sink-sessions': sinkRunner(sessionRowOf, (context, rows) => context.store.upsertSessions(rows)),
 }
 

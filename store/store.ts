@@ -1,6 +1,7 @@
 import pg from 'pg'
 import type { Logger } from '../config/logger.ts'
 import { migrate, type DatabaseTarget } from './migrate.ts'
+import { maintainEvents, type MaintenancePolicy } from './maintenance.ts'
 import { sessionStore } from './sessions.ts'
 
 /** One row of the events table. Times are ms since the epoch. */
@@ -105,6 +106,12 @@ export async function openStore(options: StoreOptions) {
       const result = await migrate(pool, options.target ?? 'auto', logger)
       target = result.target
       return result
+    },
+
+    /** Compression and retention of events as of `now` (store/maintenance.ts). */
+    maintain(policy: MaintenancePolicy, now = Date.now()) {
+      if (!target) throw new Error('store not migrated yet: call migrate() first')
+      return maintainEvents(query, target, policy, now)
     },
 
     async ping(): Promise<void> {

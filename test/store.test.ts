@@ -1,5 +1,6 @@
 import t from 'tap'
 import { createLogger } from '../config/logger.ts'
+import type { SessionRow } from '../store/sessions.ts'
 import { openStore, type EventRow } from '../store/store.ts'
 import { DATABASE_TARGETS } from './harness/postgres.ts'
 
@@ -21,7 +22,7 @@ for (const target of DATABASE_TARGETS) {
 
     const first = await store.migrate()
     t.equal(first.target, target.name, `detected ${target.name}`)
-    t.same(first.applied, [1], 'migration 1 applied')
+    t.same(first.applied, [1, 2, 3], 'every migration applied')
     t.same((await store.migrate()).applied, [], 'migrating again applies nothing')
 
     t.equal(await store.insertEvents([]), 0, 'an empty batch is a no-op')
@@ -53,6 +54,43 @@ for (const target of DATABASE_TARGETS) {
 
     t.equal(await store.lastEnrichedSeq('alpha'), 13)
     t.equal(await store.lastEnrichedSeq('gamma'), 0)
+
+    // sessions: the newest version wins, in one batch or across batches; a retraction counts for nothing
+    const session = (version: number, overrides: Partial<SessionRow> = {}): SessionRow => ({
+      project: 'alpha', sessionId: 'u1:1', canonicalId: 'u1', startedAt: Date.parse('2019-05-10T10:00:00Z'), lastEventAt: Date.parse('2019-05-10T10:05:00Z'),
+      durationMs: 300_000, events: version, pages: 1, entryPage: '/a', exitPage: '/b', channel: 'direct', device: 'desktop', firstMessageId: 'm1',
+      status: '$session_start', version, sessionsSeq: version, ...overrides,
+    })
+    await store.upsertSessions([session(2), session(1)])
+    t.match(await store.listSessions('alpha'), [{ version: 2, events: 2 }], 'the higher version of one batch is kept')
+    await store.upsertSessions([session(1)])
+    t.match(await store.listSessions('alpha'), [{ version: 2, events: 2 }], 'a replayed older version changes nothing')
+    await store.upsertSessions([session(3, { status: '$session_end', events: 7 }), session(1, { sessionId: 'u1:2', startedAt: Date.parse('2019-05-11T10:00:00Z') })])
+    t.same(await store.sessionTotals('alpha'), { sessions: 2, events: 8, users: 1 })
+    await store.upsertSessions([session(2, { sessionId: 'u1:2', status: '$session_retract', startedAt: Date.parse('2019-05-11T10:00:00Z') })])
+    t.same(await store.sessionTotals('alpha'), { sessions: 1, events: 7, users: 1 }, 'a retracted session is not counted')
+
+    // identity links re-attribute stored events, once
+    await store.insertEvents([row({ messageId: 'anon-1', canonicalId: 'cookie', userId: null, anonymousId: 'cookie' })])
+    const link = { project: 'alpha', anonymousId: 'cookie', userId: 'u9', linkedAt: Date.parse('2019-05-10T11:00:00Z') }
+    await store.applyLinks([link, link])
+    t.equal((await store.getEvent('alpha', 'anon-1'))!.canonicalId, 'u9', 'the anonymous event now belongs to the user')
+    t.equal((await store.getEvent('alpha', 'anon-1'))!.anonymousId, 'cookie', 'its original ids are kept')
+    t.same((await store.pool.query(`SELECT user_id FROM identities WHERE project = 'alpha'`)).rows, [{ user_id: 'u9' }], 'one link recorded')
+
+    // compression (TimescaleDB) and retention, driven by the application
+    const now = Date.parse('2019-07-01T00:00:00Z')
+    const kept = await store.maintain({ compressAfterMs: 30 * 86_400_000 }, now)
+    if (target.name === 'timescaledb') t.ok(kept.compressedChunks >= 1, `chunks older than 30 days compressed (${kept.compressedChunks})`)
+    else t.equal(kept.compressedChunks, 0, 'plain PostgreSQL has nothing to compress')
+    t.equal(kept.removed, 0, 'no retention by default')
+    t.equal((await store.maintain({ compressAfterMs: 30 * 86_400_000 }, now)).compressedChunks, 0, 'compressing again does nothing')
+    t.equal(await store.countEvents('alpha'), 4, 'compressed rows still read')
+    t.equal(await store.insertEvents([row({ messageId: 'm1', enrichedSeq: 11 })]), 0, 'a replay into a compressed chunk still collides')
+    t.equal(await store.insertEvents([row({ messageId: 'late', eventTime: Date.parse('2019-05-10T12:00:00Z') })]), 1, 'a late event lands in a compressed chunk')
+    await store.maintain({ compressAfterMs: 30 * 86_400_000, retentionMs: 60 * 86_400_000 }, now)
+    t.equal(await store.countEvents('alpha', { to: Date.parse('2019-05-01T00:00:00Z') }), 0, 'events older than the retention are gone')
+    t.equal(await store.countEvents('alpha', { from: Date.parse('2019-05-03T00:00:00Z') }), 3, 'newer ones stay')
     await store.ping()
     t.pass('ping answers')
   })

@@ -59,6 +59,11 @@ function untilSignal(): Promise<string> {
   })
 }
 
+const maintenanceOf = (config: Config) => ({
+  compressAfterMs: config.compressAfterDays * 86_400_000,
+  retentionMs: config.retentionDays === undefined ? undefined : config.retentionDays * 86_400_000,
+})
+
 /** The geo database named by SEGSTREAM_GEO_DB, if any (docs/enrich.md). */
 async function geoOf(config: Config) {
   if (!config.geoDatabase) return undefined
@@ -76,7 +81,7 @@ export async function runProcess(mode: 'run' | 'gateway' | 'up', args: string[],
   const services = await openServices(config, logger, config.databaseUrl, config.databasePoolSize, { provision: false })
   if (mode === 'run') {
     const metrics = new Metrics()
-    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics, geo: await geoOf(config) }, args)
+    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics, geo: await geoOf(config), maintenance: maintenanceOf(config) }, args)
     const metricsPort = Number(process.env.SEGSTREAM_METRICS_PORT ?? 9464)
     const server = createServer((request, response) => {
       if (request.url !== '/metrics') return void response.writeHead(404).end()
@@ -173,7 +178,7 @@ async function up(config: Config): Promise<number> {
     say(`topology applied on ${natsUrl}; database migrated (${services.store.target})`)
     const demo = await ensureDemoProject(services.nc, dataDir)
     const metrics = new Metrics()
-    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics, geo: await geoOf(config) }, [])
+    const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics, geo: await geoOf(config), maintenance: maintenanceOf(config) }, [])
     say(`operators running: ${steps.steps.join(', ')}`)
     const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger, metrics })
     await app.listen({ host: config.httpHost, port: config.httpPort })
