@@ -8,12 +8,13 @@ ROOT := $(CURDIR)
 export PATH := $(ROOT)/node_modules/.bin:$(ROOT)/.tools/bin:/usr/local/go/bin:$(PATH)
 export GOBIN := $(ROOT)/.tools/bin
 
-.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench-ingest bench-runtime
+.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench bench-ingest bench-runtime
 
 help:
 	@echo "make up        run the local stack (nats-server, database, operators, gateway on :8080)"
 	@echo "make test      run the whole test suite against real servers"
 	@echo "make graph     print the dataflow as Mermaid"
+	@echo "make bench     end to end: collector -> enrich -> sessionize -> sink (about 8 minutes)"
 
 setup: node_modules/.installed .tools/nats-server-$(NATS_SERVER_VERSION) .tools/postgresql.ok
 
@@ -66,6 +67,9 @@ graph: setup
 
 clean-data:
 	rm -rf data
+
+bench: setup
+	node bench/e2e.ts $(BENCH_ARGS)
 
 bench-ingest: setup
 	node bench/ingest.ts
