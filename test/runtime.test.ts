@@ -16,6 +16,7 @@ import { eventually } from './harness/system.ts'
 import { PipelinedPublisher } from '../broker/publisher.ts'
 import { publishControl } from '../operators/runtime/control.ts'
 import { listDeadLetters, replayDeadLetters } from '../cli/dlq.ts'
+import { readStream } from '../broker/read.ts'
 
 /** A test's handle: the assertions of `t`, whatever plugins are built. */
 type Test = Pick<typeof t, 'equal' | 'same' | 'ok' | 'match' | 'teardown'>
@@ -156,6 +157,18 @@ t.test('a poison message goes to the dead-letter subject and processing continue
   t.same(await replayDeadLetters(nc, listed, KEY_GROUPS), { replayed: 1, refusedAgain: 0 })
   t.same(await listDeadLetters(nc, 'poison'), [], 'the replayed letter left the dead-letter stream')
   await expectExact(t, nc, 'poison', [...inputs, poison])
+})
+
+t.test('an input too late for a closed window goes, unchanged, to the late subject (counted: test/unit/kernel.test.ts)', async (t) => {
+  const { nc, spawn } = await setup(t)
+  await spawn()
+  const inputs = events(11, 300, 12)
+  const late = [50, 150, 250].map((i) => ({ ...inputs[i]!, messageId: `late-${i}`, event: 'too-late' }))
+  await publishRaw(nc, 'late', [...inputs.slice(0, 100), late[0]!, ...inputs.slice(100, 200), late[1]!, late[2]!, ...inputs.slice(200)], KEY_GROUPS)
+  await expectExact(t, nc, 'late', inputs)
+  const stored: string[] = []
+  await readStream(jetstream(nc), 'SEG_LATE', { filterSubjects: ['seg.late.late.*'] }, (m) => stored.push((decodeEnvelope(m.data) as { id: string }).id))
+  t.same(stored.sort(), late.map((m) => m.messageId).sort(), 'each late input once, as it came')
 })
 
 t.test('nats-server restarted mid-stream: the operator waits, reconnects and resumes', async (t) => {
