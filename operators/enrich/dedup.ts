@@ -1,15 +1,18 @@
 import { fnv1a32 } from '../../topology/subjects.ts'
 
+const DAY = 86_400_000
+
 /**
  * Message ids a key has processed recently, to drop a message re-sent after the
  * stream's duplicate window (a tracker queue flushed hours later). Ids are kept
- * as 52-bit hashes (about 11 characters each) with their event time: the
- * chance of two of one key's ids colliding is below 1e-9 at the cap.
+ * as 52-bit hashes with the day (event time) they were seen, in two parallel
+ * arrays: about 12 bytes an id in msgpack, and cheap to copy. The chance of two
+ * of one key's ids colliding is below 1e-9 at the cap.
  */
 export interface SeenIds {
-  /** hash (base 36) → event time, ms. */
-  ids: Record<string, number>
-  count: number
+  hashes: number[]
+  /** Day number (event time / 86,400,000) of each id. */
+  days: number[]
 }
 
 export interface DedupOptions {
@@ -19,35 +22,34 @@ export interface DedupOptions {
   maxIds: number
 }
 
-export const DEDUP_DEFAULTS: DedupOptions = { horizonMs: 7 * 86_400_000, maxIds: 2_000 }
+export const DEDUP_DEFAULTS: DedupOptions = { horizonMs: 7 * DAY, maxIds: 2_000 }
 
-export const emptySeen = (): SeenIds => ({ ids: {}, count: 0 })
+export const emptySeen = (): SeenIds => ({ hashes: [], days: [] })
 
-export function idHash(messageId: string): string {
-  const high = fnv1a32(messageId) & 0xfffff
-  const low = fnv1a32(`${messageId}\u0000`)
-  return (high * 2 ** 32 + low).toString(36)
+export function idHash(messageId: string): number {
+  return (fnv1a32(messageId) & 0xfffff) * 2 ** 32 + fnv1a32(`${messageId}\u0000`)
+}
+
+export function hasSeen(seen: SeenIds, messageId: string): boolean {
+  return seen.hashes.includes(idHash(messageId))
 }
 
 /**
- * Records a message id; returns whether it had been seen (then nothing changes).
- * Mutates `seen`, which the caller owns (a fresh copy per key state).
+ * Records a message id; returns the new set, or undefined when the id was seen
+ * already (a late duplicate). Pure: `seen` is not changed.
  */
-export function markSeen(seen: SeenIds, messageId: string, eventTime: number, newest: number, options: DedupOptions): boolean {
+export function markSeen(seen: SeenIds, messageId: string, eventTime: number, newest: number, options: DedupOptions): SeenIds | undefined {
   const hash = idHash(messageId)
-  if (seen.ids[hash] !== undefined) return true
-  seen.ids[hash] = eventTime
-  seen.count++
-  if (seen.count > options.maxIds) prune(seen, newest, options)
-  return false
-}
-
-/** Forgets ids older than the horizon, then the oldest until a quarter of the room is free. */
-function prune(seen: SeenIds, newest: number, options: DedupOptions) {
-  const cutoff = newest - options.horizonMs
-  let entries = Object.entries(seen.ids).filter(([, time]) => time >= cutoff)
-  const keep = Math.floor(options.maxIds * 0.75)
-  if (entries.length > keep) entries = entries.sort((a, b) => b[1] - a[1]).slice(0, keep)
-  seen.ids = Object.fromEntries(entries)
-  seen.count = entries.length
+  if (seen.hashes.includes(hash)) return undefined
+  let hashes = [...seen.hashes, hash]
+  let days = [...seen.days, Math.floor(eventTime / DAY)]
+  if (hashes.length > options.maxIds) {
+    // forget ids beyond the horizon, then the oldest, until a quarter of the room is free
+    const cutoff = Math.floor((newest - options.horizonMs) / DAY)
+    const order = hashes.map((_, i) => i).filter((i) => days[i]! >= cutoff).sort((a, b) => days[b]! - days[a]! || b - a)
+    const keep = order.slice(0, Math.floor(options.maxIds * 0.75)).sort((a, b) => a - b)
+    hashes = keep.map((i) => hashes[i]!)
+    days = keep.map((i) => days[i]!)
+  }
+  return { hashes, days }
 }

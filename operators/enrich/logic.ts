@@ -44,11 +44,9 @@ export function createEnrich(options: EnrichOptions): Operator<EnrichState, Enri
     onEvent(state, { envelope, origin }) {
       const message = envelope.data
       const newest = Math.max(state.newest, envelope.time)
-      const seen: SeenIds = { ids: { ...state.seen.ids }, count: state.seen.count }
-      if (markSeen(seen, message.messageId, envelope.time, newest, dedup)) {
-        // re-sent after the stream's duplicate window: counted once already
-        return { state, emit: [] }
-      }
+      const seen: SeenIds | undefined = markSeen(state.seen, message.messageId, envelope.time, newest, dedup)
+      // re-sent after the stream's duplicate window: counted once already
+      if (!seen) return { state, emit: [] }
       const step = identityStep(state.identity, envelope.key, message)
       const canonicalId = step.canonicalId
       const keyGroup = keyGroupOf(canonicalId, options.keyGroups)

@@ -51,7 +51,7 @@ t.test('createEnrich', async (t) => {
     const enrich = createEnrich({ keyGroups })
     t.equal(enrich.stepId, 'enrich')
     const state = enrich.init()
-    t.same(state, { identity: {}, seen: { ids: {}, count: 0 }, newest: Number.NEGATIVE_INFINITY }, 'starts with no identity and no ids seen')
+    t.same(state, { identity: {}, seen: { hashes: [], days: [] }, newest: Number.NEGATIVE_INFINITY }, 'starts with no identity and no ids seen')
     for (const c of cases) {
       const label = `${c.name} (${keyGroups} key groups)`
       const raw = rawOf(c.message, { source: c.source ?? 'live' })
@@ -59,7 +59,7 @@ t.test('createEnrich', async (t) => {
       const input = { envelope: raw, origin }
       t.equal(enrich.keyOf(input), raw.key, `${label}: keyed by the raw routing key`)
       const result = enrich.onEvent(state, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
-      t.equal(result.state!.seen.count, 1, `${label}: the message id is remembered`)
+      t.equal(result.state!.seen.hashes.length, 1, `${label}: the message id is remembered`)
       t.equal(enrich.onEvent(result.state!, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined }).emit.length, 0, `${label}: the same message again is a late duplicate, dropped`)
       t.equal(result.wakeAt, undefined, `${label}: no timer`)
       t.equal(result.emit.length, 1, `${label}: one output`)
