@@ -6,9 +6,11 @@
  *   node bench/ingest.ts [--events 300000] [--concurrency 16]
  *
  * The collector runs as its own process (`segstream gateway`), the load comes from
- * this process over HTTP keep-alive in batches of 100 events. Last line: JSON.
+ * this process over HTTP keep-alive in batches of 100 events. Also printed: the CPU
+ * time per event of the gateway, nats-server and the load generator. Last line: JSON.
  */
 import { spawn } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Agent, request } from 'node:http'
@@ -38,6 +40,18 @@ const log = (line: string) => console.log(line)
 const nats = await startNats()
 const database = await startPostgres()
 const nc = await connectNats(nats.url, 'bench', logger)
+// CPU seconds (user + system, all threads) a process has used so far, from /proc (Linux; NaN elsewhere)
+const cpuSeconds = (pid: number | undefined): number => {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return Number.NaN
+  }
+}
+const natsPid = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).find((p) => {
+  try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(nats.storeDir) } catch { return false }
+})
 await applyTopology(nc, segstreamTopology({ streamMaxBytes: 4 * 1024 ** 3 }), { keyGroups: KEY_GROUPS })
 const { project } = await createProject(nc, { id: 'bench' })
 
@@ -58,9 +72,12 @@ const message = (i: number, prefix: string) => ({
     const envelope: RawEventEnvelope = { v: ENVELOPE_VERSION, type: 'raw_event', project: 'baseline', id: m.messageId, time: Date.parse(m.timestamp), key: m.anonymousId!, keyGroup, source: 'live', data: m }
     return { subject: subjectFor('baseline', 'raw', keyGroup), data: encode(envelope), id: `baseline:${m.messageId}` }
   })
+  const before = { nats: cpuSeconds(natsPid), publisher: process.cpuUsage() }
   var baselinePerS = await pipelinedPublishRate(publisher, envelopes)
+  const publisherCpu = process.cpuUsage(before.publisher)
+  var baselineCpu = { nats: (cpuSeconds(natsPid) - before.nats) * 1e6 / EVENTS, publisher: (publisherCpu.user + publisherCpu.system) / EVENTS }
   publisher.close()
-  log(`baseline: ${Math.round(baselinePerS).toLocaleString('en')} acked msg/s (one process, pipelined publish)`)
+  log(`baseline: ${Math.round(baselinePerS).toLocaleString('en')} acked msg/s (one process, pipelined publish); cpu per message: publisher ${baselineCpu.publisher.toFixed(1)} µs, nats-server ${baselineCpu.nats.toFixed(1)} µs`)
 }
 
 // The collector, in its own process.
@@ -87,6 +104,8 @@ const post = (body: Buffer) => new Promise<{ status: number; accepted: number }>
   req.end(body)
 })
 
+const cpuBefore = { gateway: cpuSeconds(gateway.pid), nats: cpuSeconds(natsPid), load: process.cpuUsage() }
+
 let next = 0
 let accepted = 0
 let failed = 0
@@ -99,8 +118,15 @@ await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
     else failed++
   }
 }))
-const collectorPerS = accepted / ((performance.now() - started) / 1000)
+const elapsedS = (performance.now() - started) / 1000
+const collectorPerS = accepted / elapsedS
+const loadCpu = process.cpuUsage(cpuBefore.load)
+// CPU per accepted event: steadier than events/s on a shared machine, and it shows which process is the limit
+const cpuUsed = { gateway: cpuSeconds(gateway.pid) - cpuBefore.gateway, nats: cpuSeconds(natsPid) - cpuBefore.nats, load: (loadCpu.user + loadCpu.system) / 1e6 }
+const cpu = { gateway: cpuUsed.gateway * 1e6 / accepted, nats: cpuUsed.nats * 1e6 / accepted, load: cpuUsed.load * 1e6 / accepted }
+const ofACore = (seconds: number) => `${Math.round(seconds / elapsedS * 100)}%`
 log(`collector: ${Math.round(collectorPerS).toLocaleString('en')} accepted events/s (${CONCURRENCY} connections, batches of ${BATCH}; ${failed} failed requests)`)
+log(`cpu per event: gateway ${cpu.gateway.toFixed(1)} µs, nats-server ${cpu.nats.toFixed(1)} µs, load generator ${cpu.load.toFixed(1)} µs (${ofACore(cpuUsed.gateway)}, ${ofACore(cpuUsed.nats)}, ${ofACore(cpuUsed.load)} of a core)`)
 
 const jsm = await jetstreamManager(nc)
 const stored = (await jsm.streams.info('SEG_RAW', { subjects_filter: 'seg.bench.>' })).state
@@ -120,5 +146,7 @@ console.log(JSON.stringify({
   accepted,
   stored_in_stream: storedBench,
   failed_requests: failed,
+  cpu_us_per_event: { gateway: Number(cpu.gateway.toFixed(1)), nats_server: Number(cpu.nats.toFixed(1)), load_generator: Number(cpu.load.toFixed(1)) },
+  baseline_cpu_us_per_message: { publisher: Number(baselineCpu.publisher.toFixed(1)), nats_server: Number(baselineCpu.nats.toFixed(1)) },
   target_events_per_s: 50_000,
 }))

@@ -64,9 +64,9 @@ export async function collect(publisher: PipelinedPublisher, input: CollectInput
     const message = normalized.message
     // an alias is routed by previousId: the id it links meets its own identity state in enrich
     const key = ((message.type === 'alias' ? message.previousId : undefined) ?? message.anonymousId ?? message.userId)!
-    const keyGroup = keyGroupOf(key, keyGroups)
+    const keyGroup = keyGroupOfKey(key, keyGroups)
     const envelope: RawEventEnvelope = {
-      v: ENVELOPE_VERSION, type: 'raw_event', project, id: message.messageId, time: Date.parse(message.timestamp),
+      v: ENVELOPE_VERSION, type: 'raw_event', project, id: message.messageId, time: normalized.time,
       key, keyGroup, source, data: message,
     }
     events.push({ subject: eventSubjects[keyGroup]!, data: encode(envelope), msgId: `${project}:${message.messageId}` })
@@ -76,6 +76,20 @@ export async function collect(publisher: PipelinedPublisher, input: CollectInput
   if (stored.status === 'rejected') throw stored.reason
   if (deadLettered.status === 'rejected') throw deadLettered.reason
   return { accepted: stored.value.stored, duplicates: stored.value.duplicates, rejected }
+}
+
+/**
+ * `keyGroupOf`, without its UTF-8 buffer for the usual ASCII key: FNV-1a over
+ * the characters is then the same hash over the same bytes.
+ */
+export function keyGroupOfKey(key: string, keyGroups: number): number {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < key.length; i++) {
+    const code = key.charCodeAt(i)
+    if (code > 0x7f) return keyGroupOf(key, keyGroups)
+    hash = Math.imul(hash ^ code, 0x01000193) >>> 0
+  }
+  return hash % keyGroups
 }
 
 /** The subject of each key group of a project's stage, built (and validated) once. */
