@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { Agent, request } from 'node:http'
+import { connect, type Socket } from 'node:net'
 import { connectNats } from '../broker/connect.ts'
 import { PipelinedPublisher } from '../broker/publisher.ts'
 import { createLogger } from '../config/logger.ts'
@@ -88,21 +88,63 @@ const gateway = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ['--cpu
 })
 await waitForPort(port)
 
-const bodies: Buffer[] = []
-for (let start = 0; start < EVENTS; start += BATCH) {
-  bodies.push(Buffer.from(JSON.stringify({ batch: Array.from({ length: Math.min(BATCH, EVENTS - start) }, (_, j) => message(start + j, 'http')), sentAt: new Date().toISOString() })))
-}
-const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY })
 const auth = `Basic ${Buffer.from(`${project.writeKeys[0]}:`).toString('base64')}`
-const post = (body: Buffer) => new Promise<{ status: number; accepted: number }>((resolve, reject) => {
-  const req = request({ host: '127.0.0.1', port, path: '/v1/batch', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': body.length, authorization: auth } }, (res) => {
-    const chunks: Buffer[] = []
-    res.on('data', (c) => chunks.push(c))
-    res.on('end', () => resolve({ status: res.statusCode!, accepted: res.statusCode === 200 ? JSON.parse(Buffer.concat(chunks).toString()).accepted : 0 }))
-  })
-  req.on('error', reject)
-  req.end(body)
-})
+// whole requests, prepared before the clock starts (what Node's http client sends, headers and all)
+const requests: Buffer[] = []
+for (let start = 0; start < EVENTS; start += BATCH) {
+  const body = Buffer.from(JSON.stringify({ batch: Array.from({ length: Math.min(BATCH, EVENTS - start) }, (_, j) => message(start + j, 'http')), sentAt: new Date().toISOString() }))
+  const head = `POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nAuthorization: ${auth}\r\nConnection: keep-alive\r\n\r\n`
+  requests.push(Buffer.concat([Buffer.from(head), body]))
+}
+
+/**
+ * One keep-alive connection sending one request at a time, as light as wrk: the
+ * load generator shares the two cores with the collector and nats-server, and
+ * Node's http client cost it about as much CPU per event as nats-server's acks.
+ */
+class Connection {
+  readonly #socket: Socket
+  #received: Buffer = Buffer.alloc(0)
+  #waiting: { resolve: (response: { status: number; body: string }) => void; reject: (error: Error) => void } | undefined
+  constructor() {
+    this.#socket = connect(port, '127.0.0.1')
+    this.#socket.setNoDelay(true)
+    this.#socket.on('data', (chunk: Buffer) => this.#onData(chunk))
+    this.#socket.on('error', (error) => this.#fail(error))
+    this.#socket.on('close', () => this.#fail(new Error('the collector closed the connection')))
+  }
+  send(request: Buffer): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      this.#waiting = { resolve, reject }
+      this.#socket.write(request)
+    })
+  }
+  close(): void {
+    this.#socket.removeAllListeners('close')
+    this.#socket.destroy()
+  }
+  #fail(error: Error) {
+    const waiting = this.#waiting
+    this.#waiting = undefined
+    waiting?.reject(error)
+  }
+  #onData(chunk: Buffer) {
+    this.#received = this.#received.length === 0 ? chunk : Buffer.concat([this.#received, chunk])
+    const headEnd = this.#received.indexOf('\r\n\r\n')
+    if (headEnd < 0) return
+    const head = this.#received.toString('latin1', 0, headEnd)
+    const length = /\r\ncontent-length: *(\d+)/i.exec(head)
+    if (!length) return this.#fail(new Error(`response without content-length: ${head}`))
+    const end = headEnd + 4 + Number(length[1])
+    if (this.#received.length < end) return
+    const body = this.#received.toString('utf8', headEnd + 4, end)
+    this.#received = this.#received.subarray(end)
+    const waiting = this.#waiting
+    this.#waiting = undefined
+    waiting?.resolve({ status: Number(head.slice(9, 12)), body })
+  }
+}
+const connections = Array.from({ length: CONCURRENCY }, () => new Connection())
 
 const cpuBefore = { gateway: cpuSeconds(gateway.pid), nats: cpuSeconds(natsPid), load: process.cpuUsage() }
 
@@ -110,11 +152,10 @@ let next = 0
 let accepted = 0
 let failed = 0
 const started = performance.now()
-await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
-  while (next < bodies.length) {
-    const body = bodies[next++]!
-    const result = await post(body)
-    if (result.status === 200) accepted += result.accepted
+await Promise.all(connections.map(async (connection) => {
+  while (next < requests.length) {
+    const response = await connection.send(requests[next++]!)
+    if (response.status === 200) accepted += (JSON.parse(response.body) as { accepted: number }).accepted
     else failed++
   }
 }))
@@ -134,7 +175,7 @@ const storedBench = Object.values(stored.subjects ?? {}).reduce((a, b) => a + b,
 
 gateway.kill('SIGTERM')
 await new Promise((r) => gateway.once('exit', r))
-agent.destroy()
+for (const connection of connections) connection.close()
 await nc.close()
 await Promise.all([nats.close(), database.close()])
 console.log(JSON.stringify({
