@@ -9,7 +9,7 @@ import type { SegmentMessage } from '../../schemas/segment.ts'
 export interface IdentityState {
   /** The user id this anonymous id is linked to: the first identify or alias wins, for good. */
   link?: string
-  /** This id has been used as a user id: it is never linked implicitly into another user. */
+  /** This id has been used as a user id: only an explicit alias links it into another user. */
   user?: boolean
 }
 
@@ -26,7 +26,7 @@ export interface IdentityStep {
 /**
  * The identity transition of one message at its routing key. Pure.
  * - identify(anonymousId A, userId U): links A to U unless A is already linked or is itself a user id.
- * - alias(previousId P, userId U), routed by P: links P to U on the same terms.
+ * - alias(previousId P, userId U), routed by P: links P to U unless P is already linked (P may be a user id: alias is explicit).
  * - any message: canonical id = its userId, else the key's link, else its anonymousId.
  */
 export function identityStep(state: IdentityState, key: string, message: SegmentMessage): IdentityStep {
@@ -38,7 +38,8 @@ export function identityStep(state: IdentityState, key: string, message: Segment
   if (from !== undefined && into !== undefined && from !== into) {
     if (from !== key) refused = `${message.type} of ${from} arrived at key ${key}: only the key's own id can be linked here`
     else if (state.link !== undefined) refused = state.link === into ? undefined : `${from} is already linked to ${state.link} (the first link wins)`
-    else if (state.user) refused = `${from} is a user id: two identified users are never merged implicitly`
+    // identify links an anonymous id; an alias is the explicit way to link a user id too
+    else if (state.user && message.type === 'identify') refused = `${from} is a user id: two identified users are never merged implicitly`
     else {
       // every link is published (downstream operators ignore one for an id they hold nothing of)
       next = { ...next, link: into }

@@ -18,7 +18,8 @@ t.test('identity transitions', async (t) => {
     { name: 'event of a user with an anonymous id: the user id', state: {}, key: 'a', message: msg({ type: 'track', event: 'e', anonymousId: 'a', userId: 'u' }), canonical: 'u', next: {} },
     { name: 'user-only message at its own key marks a user id', state: {}, key: 'u', message: msg({ type: 'track', event: 'e', userId: 'u' }), canonical: 'u', next: { user: true } },
     { name: 'alias of an anonymous id, routed by previousId', state: {}, key: 'p', message: msg({ type: 'alias', previousId: 'p', userId: 'u' }), canonical: 'u', next: { link: 'u' }, merge: ['p', 'u'] },
-    { name: 'alias of a user id into another user: refused', state: { user: true }, key: 'u1', message: msg({ type: 'alias', previousId: 'u1', userId: 'u2' }), canonical: 'u2', next: { user: true }, refused: /never merged implicitly/ },
+    { name: 'alias of a user id into another user: explicit, so linked', state: { user: true }, key: 'u1', message: msg({ type: 'alias', previousId: 'u1', userId: 'u2' }), canonical: 'u2', next: { user: true, link: 'u2' }, merge: ['u1', 'u2'] },
+    { name: 'identify of a user id as another user: refused', state: { user: true }, key: 'u1', message: msg({ type: 'identify', anonymousId: 'u1', userId: 'u2' }), canonical: 'u2', next: { user: true }, refused: /never merged implicitly/ },
     { name: 'alias routed elsewhere: no link', state: {}, key: 'x', message: msg({ type: 'alias', anonymousId: 'x', previousId: 'p', userId: 'u' }), canonical: 'u', next: {}, refused: /only the key's own id/ },
   ]
   for (const c of cases) {
