@@ -6,6 +6,7 @@ import { createProject, listProjects, ProjectError, rotateKey } from '../project
 import { importFile, ImportError } from './import.ts'
 import { listDeadLetters, replayDeadLetters } from './dlq.ts'
 import { openStore } from '../store/store.ts'
+import { SimulateError, simulateCommand } from '../simulate/run.ts'
 import { applyTopology, IncompatibleChangeError } from '../topology/apply.ts'
 import { segstreamTopology } from '../topology/definition.ts'
 import { topologyToMermaid } from '../topology/graph.ts'
@@ -24,6 +25,10 @@ const USAGE = `segstream <command>
   import <file.ndjson> --api-key KEY [--url http://localhost:8080] [--batch-size 1000] [--restart]
                              import history (one Segment message per line) through POST /v1/import;
                              resumable: an interrupted import continues where it stopped
+  simulate [--mode file|import|live] [--seed N] [--users N] [--from D] [--to D] [--timezone Z]
+           [--rate N] [--url U] [--write-key K | --api-key K] [--out F] [--expected F]
+                             simulated users and their events, written to a file or sent through the
+                             collector, with the answers the pipeline should give (simulate --help)
   dlq list [--project P] [--step S]
                              dead letters with their step and reason
   dlq replay [--project P] [--step S] [--seq N ...]
@@ -36,7 +41,7 @@ Environment: SEGSTREAM_NATS_URL, DATABASE_URL, SEGSTREAM_HTTP_PORT, SEGSTREAM_KE
 (see docs/configuration.md).`
 
 /** Errors we expect users to meet print one clear line, not a stack trace. */
-const EXPECTED = [ConfigError, TopologyError, IncompatibleChangeError, ProjectError, ImportError]
+const EXPECTED = [ConfigError, TopologyError, IncompatibleChangeError, ProjectError, ImportError, SimulateError]
 
 async function withNats<T>(config: Config, fn: (nc: Awaited<ReturnType<typeof connectNats>>) => Promise<T>): Promise<T> {
   const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel)
@@ -134,6 +139,8 @@ async function main(argv: string[]): Promise<number> {
       console.log(`imported ${result.lines} lines: ${result.accepted} accepted (${result.duplicates} already stored), ${result.rejected} rejected${result.rejected ? ` (see ${result.rejectsFile})` : ''}`)
       return 0
     }
+    case 'simulate':
+      return simulateCommand([sub, ...rest].filter((x): x is string => x !== undefined), config.httpPort)
     case 'dlq': {
       const { values } = parseArgs({ args: rest, options: { project: { type: 'string' }, step: { type: 'string' }, seq: { type: 'string', multiple: true } } })
       return withNats(config, async (nc) => {
