@@ -50,7 +50,9 @@ export class Ownership {
   #stopWatch: (() => void) | undefined
 
   constructor(options: OwnershipOptions, events: OwnershipEvents) {
-    this.#options = { leaseMs: 5_000, heartbeatMs: 1_000, clock: Date.now, ...options }
+    // `?? default` per field: an option passed as undefined must not erase its default
+    // (setInterval(undefined) fires every millisecond; a lease until NaN never expires)
+    this.#options = { ...options, leaseMs: options.leaseMs ?? 5_000, heartbeatMs: options.heartbeatMs ?? 1_000, clock: options.clock ?? Date.now }
     this.#events = events
   }
 
