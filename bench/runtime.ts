@@ -4,9 +4,16 @@
  * same number of messages with pipelined acks, in the same run. Then the same with
  * keyed state for 1,000,000 distinct keys. Last line: JSON.
  *
- *   node bench/runtime.ts [--events 300000] [--keys 1000000]
+ *   node bench/runtime.ts [--events 300000] [--keys 1000000] [--only pass-through|keyed]
+ *
+ * BENCH_PROFILE=dir writes a .cpuprofile of each phase's runtime part (not its baseline) there.
  */
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { Session } from 'node:inspector/promises'
+import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { connectNats } from '../broker/connect.ts'
 import { PipelinedPublisher } from '../broker/publisher.ts'
@@ -20,12 +27,14 @@ import { segstreamTopology } from '../topology/definition.ts'
 import { deepFreeze, type Topology } from '../topology/model.ts'
 import { keyGroupOf, stageFilter, subjectFor } from '../topology/subjects.ts'
 import { startNats } from '../test/harness/nats.ts'
-import { pipelinedPublishRate } from './baseline.ts'
+import { pipelinedPublishRate, type Prepared } from './baseline.ts'
 
-const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, keys: { type: 'string', default: '1000000' } } })
+const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, keys: { type: 'string', default: '1000000' }, only: { type: 'string' } } })
 const EVENTS = Number(values.events)
 const KEYS = Number(values.keys)
 const KEY_GROUPS = 64
+/** Baseline messages prepared at once. */
+const BASELINE_SLICE = 100_000
 const logger = createLogger('warn')
 
 function topologyWith(stepId: string): Topology {
@@ -56,8 +65,10 @@ const counting: Operator<{ n: number }, RawEventEnvelope> = {
   onEvent: (state, input) => ({ state: { n: state.n + 1 }, emit: [{ stage: 'enriched', project: input.project, keyGroup: input.keyGroup, envelope: forward(input, `count:${state.n + 1}`) }] }),
 }
 
-function envelopes(project: string, count: number, users: number) {
-  return Array.from({ length: count }, (_, i) => {
+/** Input messages `from` .. `from + count - 1` of a phase. */
+function envelopes(project: string, from: number, count: number, users: number): Prepared[] {
+  return Array.from({ length: count }, (_, index) => {
+    const i = from + index
     const user = `user-${i % users}`
     const keyGroup = keyGroupOf(user, KEY_GROUPS)
     const time = 1_557_000_000_000 + i
@@ -69,21 +80,88 @@ function envelopes(project: string, count: number, users: number) {
   })
 }
 
+/** A full garbage collection, so the peak RSS that follows is the runtime's, not the baseline's garbage. */
+function collectGarbage() {
+  setFlagsFromString('--expose-gc')
+  ;(runInNewContext('gc') as () => void)()
+}
+
+/** Starts the V8 profiler when BENCH_PROFILE names a folder; the returned function writes the profile. */
+async function startProfile(): Promise<((name: string) => Promise<void>) | undefined> {
+  const dir = process.env.BENCH_PROFILE
+  if (!dir) return undefined
+  const session = new Session()
+  session.connect()
+  await session.post('Profiler.enable')
+  await session.post('Profiler.start')
+  return async (name) => {
+    const { profile } = await session.post('Profiler.stop')
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, `runtime-${name}.cpuprofile`), JSON.stringify(profile))
+    session.disconnect()
+  }
+}
+
+/**
+ * Rates swing with whatever else runs on the two cores (the baseline from 26,000 to
+ * 86,000/s here); CPU time per event swings much less, so both are printed.
+ */
+function cpuPerEvent(clientMicros: number, serverMicros: number, events: number) {
+  return { client: Math.round(clientMicros / events), server: Math.round(serverMicros / events) }
+}
+
+/** Reads the CPU time (µs) of the nats-server serving this store directory, from /proc. */
+function serverCpu(storeDir: string): () => number {
+  const pid = readdirSync('/proc').find((entry) => /^\d+$/.test(entry) && (() => {
+    try {
+      return readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(storeDir)
+    } catch {
+      return false
+    }
+  })())
+  return () => {
+    if (!pid) return 0
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    // utime and stime, in clock ticks (100 per second on Linux)
+    return (Number(fields[11]) + Number(fields[12])) * 10_000
+  }
+}
+
 async function phase(name: string, operator: Operator<any, RawEventEnvelope>, project: string, count: number, users: number) {
   const nats = await startNats()
   const nc = await connectNats(nats.url, 'bench', logger)
   const topology = topologyWith(operator.stepId)
   await applyTopology(nc, topology, { keyGroups: KEY_GROUPS })
   const publisher = new PipelinedPublisher(nc, { timeoutMs: 60_000 })
-  const messages = envelopes(project, count, users)
-  const baseline = await pipelinedPublishRate(publisher, messages)
-  console.log(`${name}: baseline ${Math.round(baseline).toLocaleString('en')} acked publishes/s (${count.toLocaleString('en')} messages)`)
+  const server = serverCpu(nats.storeDir)
+  // prepared a slice at a time, so the runtime's memory below is not the prepared messages'
+  let publishing = 0
+  let publishingCpu = 0
+  let publishingServerCpu = 0
+  for (let from = 0; from < count; from += BASELINE_SLICE) {
+    const messages = envelopes(project, from, Math.min(BASELINE_SLICE, count - from), users)
+    const cpu = process.cpuUsage()
+    const serverBefore = server()
+    publishing += messages.length / (await pipelinedPublishRate(publisher, messages))
+    const used = process.cpuUsage(cpu)
+    publishingCpu += used.user + used.system
+    publishingServerCpu += server() - serverBefore
+  }
+  const baseline = count / publishing
+  const baselineCpu = cpuPerEvent(publishingCpu, publishingServerCpu, count)
+  console.log(`${name}: baseline ${Math.round(baseline).toLocaleString('en')} acked publishes/s (${count.toLocaleString('en')} messages), CPU per message: ${baselineCpu.client} µs here, ${baselineCpu.server} µs in nats-server`)
+  collectGarbage()
+  const profiler = await startProfile()
+  const cpu = process.cpuUsage()
+  const serverBefore = server()
   const jsm = await jetstreamManager(nc)
-  let peakRss = process.memoryUsage().rss
+  const startRss = process.memoryUsage().rss
+  let peakRss = startRss
   const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 200)
   const started = performance.now()
   const instance = startInstance({ nc, publisher, operator, step: topology.steps[1]!, topology, keyGroups: KEY_GROUPS, logger, batchSize: 1_000 })
   await instance.start()
+  const startedInMs = performance.now() - started
   let stored = 0
   let lastPrint = 0
   while (stored < count) {
@@ -96,27 +174,37 @@ async function phase(name: string, operator: Operator<any, RawEventEnvelope>, pr
     if (performance.now() - started > 600_000) break
   }
   const seconds = (performance.now() - started) / 1000
+  const used = process.cpuUsage(cpu)
+  const runtimeCpu = cpuPerEvent(used.user + used.system, server() - serverBefore, count)
+  await profiler?.(project)
   await new Promise((r) => setTimeout(r, 1_000))
   const finalCount = (await jsm.streams.info('SEG_ENRICHED')).state.messages
   clearInterval(sampler)
+  // what the instance holds (its keyed state above all), without the garbage RSS still counts
+  collectGarbage()
+  const heapMb = Math.round(process.memoryUsage().heapUsed / 1e6)
+  console.log(`${name}: kernel counters ${JSON.stringify(instance.counters)}`)
   await instance.stop()
   publisher.close()
   await nc.close()
   await nats.close()
   const perS = finalCount >= count ? count / seconds : finalCount / seconds
-  console.log(`${name}: ${Math.round(perS).toLocaleString('en')} events/s through the runtime, peak RSS ${Math.round(peakRss / 1e6)} MB`)
-  return { perS, baseline, peakRssMb: Math.round(peakRss / 1e6), lost: Math.max(0, count - finalCount), duplicated: Math.max(0, finalCount - count) }
+  console.log(`${name}: ${Math.round(perS).toLocaleString('en')} events/s through the runtime (${Math.round(startedInMs)} ms of it taking the ${KEY_GROUPS} key groups), RSS ${Math.round(startRss / 1e6)} MB at start, ${Math.round(peakRss / 1e6)} MB at peak, live heap ${heapMb} MB at the end, CPU per event: ${runtimeCpu.client} µs here, ${runtimeCpu.server} µs in nats-server`)
+  return { perS, baseline, peakRssMb: Math.round(peakRss / 1e6), heapMb, lost: Math.max(0, count - finalCount), duplicated: Math.max(0, finalCount - count), cpuUs: { baseline: baselineCpu, runtime: runtimeCpu } }
 }
 
-const pass = await phase('pass-through', passthrough, 'bench', EVENTS, 10_000)
-const keyed = await phase(`keyed state, ${KEYS.toLocaleString('en')} keys`, counting, 'keyed', KEYS, KEYS)
+const skipped = { perS: 0, baseline: 0, peakRssMb: 0, heapMb: 0, lost: 0, duplicated: 0, cpuUs: undefined }
+const pass = values.only === 'keyed' ? skipped : await phase('pass-through', passthrough, 'bench', EVENTS, 10_000)
+const keyed = values.only === 'pass-through' ? skipped : await phase(`keyed state, ${KEYS.toLocaleString('en')} keys`, counting, 'keyed', KEYS, KEYS)
 console.log(JSON.stringify({
   events_per_s: Math.round(pass.perS),
   pipelined_publish_per_s: Math.round(pass.baseline),
-  ratio: Number((pass.perS / pass.baseline).toFixed(3)),
+  ratio: pass.baseline ? Number((pass.perS / pass.baseline).toFixed(3)) : 0,
   peak_rss_mb: pass.peakRssMb,
+  heap_mb: pass.heapMb,
   lost: pass.lost,
   duplicated: pass.duplicated,
-  keyed_state: { keys: KEYS, events_per_s: Math.round(keyed.perS), pipelined_publish_per_s: Math.round(keyed.baseline), peak_rss_mb: keyed.peakRssMb, lost: keyed.lost, duplicated: keyed.duplicated },
+  cpu_us_per_event: pass.cpuUs,
+  keyed_state: { keys: KEYS, events_per_s: Math.round(keyed.perS), pipelined_publish_per_s: Math.round(keyed.baseline), peak_rss_mb: keyed.peakRssMb, heap_mb: keyed.heapMb, lost: keyed.lost, duplicated: keyed.duplicated, cpu_us_per_event: keyed.cpuUs },
   target_events_per_s: 50_000,
 }))

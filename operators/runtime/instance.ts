@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from '@nats-io/jetstream'
+import { DeliverPolicy, jetstream, jetstreamManager, type Consumer, type ConsumerMessages } from '@nats-io/jetstream'
 import type { PipelinedPublisher } from '../../broker/publisher.ts'
 import type { Logger } from '../../config/logger.ts'
 import { consumersOf } from '../../topology/apply.ts'
@@ -10,12 +10,18 @@ import { Ownership } from './leases.ts'
 import type { Metrics } from './metrics.ts'
 import type { Operator } from './operator.ts'
 import { backoffMs, sleep } from './retry.ts'
-import { FencedError, StateStore } from './state-store.ts'
+import { FencedError, StateStore, type PreparedCommit } from './state-store.ts'
 
-/** Key groups committed at once; well under the server's 50 atomic batches in flight per stream. */
-const COMMIT_CONCURRENCY = 16
 /** Changed keys held in memory before a commit is forced. */
 const MAX_UNCOMMITTED_KEYS = 20_000
+/** Outputs awaiting their acks before the next batch waits: the publisher's window (its default). */
+const MAX_OUTPUTS_IN_FLIGHT = 5_000
+/**
+ * Key groups are read in this many lanes (key group modulo lanes), each with at most one
+ * batch whose acks are outstanding: batches of different lanes are in flight together,
+ * while a key group never has an output in flight behind another of its own that may fail.
+ */
+const LANES = 4
 
 /** Named places where a test can make the process die (SEGSTREAM_FAILPOINT). */
 export type Failpoint = 'after-publish' | 'after-commit' | 'before-publish'
@@ -31,7 +37,7 @@ export interface InstanceOptions<State, Input> {
   metrics?: Metrics
   /** Default: random. Shows in leases and logs. */
   instanceId?: string
-  /** Input messages handled per commit. Default: the step's consumer batch size. */
+  /** Input messages applied and published as one batch. Default: the step's consumer batch size. */
   batchSize?: number
   /** Allowed lateness per project, ms. Default 5 minutes. */
   latenessOf?: (project: string) => number
@@ -51,6 +57,30 @@ interface Owned<State> {
   revision: number
   /** Offsets of the last successful commit. */
   committed: Record<string, number>
+}
+
+/** One input stream being read. */
+interface Pump {
+  consumer: Consumer
+  messages: ConsumerMessages
+  stopped?: boolean
+}
+
+/** An input read and not yet handled, with the consumer generation that read it. */
+interface QueuedInput extends InputMessage {
+  keyGroup: number
+  generation: number
+}
+
+/** A batch whose outputs are published and not all acknowledged yet. */
+interface PublishedBatch {
+  lane: number
+  /** Key groups whose state or offsets the batch moved. */
+  touched: Set<number>
+  /** Resolves (never rejects) once every output is stored or one was refused. */
+  settled: Promise<void>
+  done: boolean
+  failure?: unknown
 }
 
 /**
@@ -80,45 +110,114 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   const failpoint = options.failpoint ?? (() => {})
 
   // each message remembers the consumer generation that read it: older ones are dropped
-  let queue: (InputMessage & { generation: number })[] = []
+  let lanes: QueuedInput[][] = Array.from({ length: LANES }, () => [])
+  /** Inputs in all lanes: at most four batches are held, beyond that the consumers stop pulling. */
+  let queued = 0
+  const maxQueued = batchSize * 4
+  const clearLanes = () => {
+    lanes = Array.from({ length: LANES }, () => [])
+    queued = 0
+  }
   let wakeProcessor: (() => void) | undefined
-  let wakePumps: (() => void) | undefined
+  let pumpWaiters: (() => void)[] = []
   let generation = 0
-  let pumps: ConsumerMessages[] = []
+  let pumps: Pump[] = []
   let stopping = false
-  // ownership changes and batches never interleave
+  // ownership changes, batches, commit starts and rewinds never interleave
   let exclusive: Promise<unknown> = Promise.resolve()
   const serially = <T>(fn: () => Promise<T>): Promise<T> => {
     const next = exclusive.then(fn, fn)
     exclusive = next.catch(() => {})
     return next
   }
+  const wake = () => {
+    const resolve = wakeProcessor
+    wakeProcessor = undefined
+    resolve?.()
+  }
+  const wakePumps = () => {
+    const waiters = pumpWaiters
+    pumpWaiters = []
+    for (const resolve of waiters) resolve()
+  }
+
+  // The pipeline: batch N+1 is applied and published while the acks of batch N are on their
+  // way (one batch per lane). A commit is prepared (encoded) at a batch boundary and sent once
+  // every batch before that boundary is acknowledged, so a checkpoint never covers an output
+  // that is not stored.
+  let pipeline: PublishedBatch[] = []
+  let commitInFlight: Promise<void> | undefined
+  /** The first publish failure not yet recovered from: the key groups of failed batches rewind. */
+  let publishFailure: unknown
+  /** Key groups whose commit failed: they rewind to their checkpoint. */
+  const commitFailures = new Map<number, unknown>()
+  /** The consumers could not be recreated (broker unavailable): the processor tries again. */
+  let pumpsBroken = false
+  /** Key groups were acquired or released: the consumers restart at the end of the ownership round. */
+  let pumpsStale = false
+  /** Failures since the last acknowledged batch: the backoff before reading again grows with them. */
+  let failures = 0
+
+  /**
+   * Stops reading, and deletes the consumer on the server: an ordered consumer
+   * otherwise lives on for minutes, delivering its outstanding pull into an
+   * inbox nobody listens to.
+   */
+  const stopPump = (pump: Pump) => {
+    if (pump.stopped) return
+    pump.stopped = true
+    pump.messages.stop()
+    pump.consumer.delete().catch(() => {})
+  }
 
   const restartPumps = async () => {
     generation++
+    pumpsStale = false
     const mine = generation
-    for (const pump of pumps) pump.stop()
+    for (const pump of pumps) stopPump(pump)
     pumps = []
-    queue = []
+    clearLanes()
+    // a pump parked on backpressure sees the new generation and lets its consumer go
+    wakePumps()
     if (stopping || groups.size === 0) return
     for (const input of inputs) {
-      const filterSubjects = [...groups.keys()].flatMap((keyGroup) => input.filterSubjects.map((s) => s.replace(/\*$/, String(keyGroup))))
+      // owning every key group, the stage's own filter says the same with one subject, which the
+      // server matches much faster than one subject per key group
+      const filterSubjects = groups.size === options.keyGroups
+        ? [...input.filterSubjects]
+        : [...groups.keys()].flatMap((keyGroup) => input.filterSubjects.map((s) => s.replace(/\*$/, String(keyGroup))))
       const start = Math.min(...[...groups.values()].map((owned) => owned.group.offsets[input.stream] ?? 0)) + 1
       const consumer = await js.consumers.get(input.stream, { filter_subjects: filterSubjects, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start })
       const messages = await consumer.consume({ max_messages: batchSize * 2 })
-      pumps.push(messages)
+      const pump: Pump = { consumer, messages }
+      if (generation !== mine) {
+        stopPump(pump)
+        return
+      }
+      pumps.push(pump)
       void (async () => {
         try {
           for await (const message of messages) {
             if (generation !== mine) break
-            queue.push({ stream: input.stream, seq: message.seq, subject: message.subject, data: message.data, generation: mine })
-            wakeProcessor?.()
+            const subject = message.subject
+            const keyGroup = Number(subject.slice(subject.lastIndexOf('.') + 1))
+            const lane = lanes[keyGroup % LANES]!
+            lane.push({ stream: input.stream, seq: message.seq, subject, data: message.data, keyGroup, generation: mine })
+            queued++
+            if (lane.length === batchSize || pipeline.length === 0 || queued >= maxQueued) wake()
             // backpressure: stop pulling while the processor is behind
-            while (queue.length >= batchSize * 4 && generation === mine) await new Promise<void>((resolve) => (wakePumps = resolve))
+            while (queued >= maxQueued && generation === mine) await new Promise<void>((resolve) => pumpWaiters.push(resolve))
           }
         } catch (error) {
           if (generation === mine && !stopping) logger.warn({ err: error, stream: input.stream }, 'input consumer failed; restarting from the checkpoints')
-          if (generation === mine && !stopping) void serially(restartPumps)
+          if (generation === mine && !stopping) {
+            serially(restartPumps).catch(() => {
+              pumpsBroken = true
+              wake()
+            })
+          }
+        } finally {
+          stopPump(pump)
         }
       })()
     }
@@ -137,6 +236,7 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
     const owned = groups.get(keyGroup)
     if (!owned) return
     groups.delete(keyGroup)
+    uncommitted.delete(keyGroup)
     try {
       const loaded = await store.load<State>(keyGroup)
       if (loaded.epoch !== owned.group.epoch) {
@@ -169,113 +269,245 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
     }), backoffMs(attempt, 250, 5_000)).unref()
   }
 
+  /** Waits until nothing is in flight: every published batch settled, the commit in hand finished. */
+  const settleAll = async () => {
+    while (commitInFlight || pipeline.some((batch) => !batch.done)) {
+      await Promise.all(pipeline.map((batch) => batch.settled))
+      await commitInFlight
+    }
+  }
+
   const ownership = new Ownership(
     { stepId, instanceId, keyGroups: options.keyGroups, leaseMs: options.leaseMs, heartbeatMs: options.heartbeatMs, logger },
     {
       acquired: (keyGroup, epoch) => serially(async () => {
         await load(keyGroup, epoch)
         logger.info({ keyGroup, epoch }, 'key group acquired')
-        await restartPumps()
+        // what was read before is dropped (the key group may have been ours before, at other
+        // offsets); reading starts again, from the checkpoints, when the round ends
+        generation++
+        clearLanes()
+        pumpsStale = true
       }),
       released: (keyGroup, reason) => serially(async () => {
-        // handing over in good order: checkpoint first, so the next owner replays nothing
-        if (reason !== 'lost' && uncommitted.has(keyGroup)) await commitGroups([keyGroup])
+        // handing over in good order: its outputs stored and a checkpoint, so the next owner replays nothing
+        await settleAll()
+        const clean = publishFailure === undefined && !commitFailures.has(keyGroup)
+        if (reason !== 'lost' && clean && uncommitted.has(keyGroup)) await commitNow([keyGroup])
         groups.delete(keyGroup)
         uncommitted.delete(keyGroup)
         metrics?.forget({ step: stepId, key_group: keyGroup })
         logger.info({ keyGroup, reason }, 'key group released')
-        await restartPumps()
+        // its inputs are skipped until then: the consumers narrow to the key groups left when the round ends
+        pumpsStale = true
+      }),
+      roundEnded: () => serially(async () => {
+        if (pumpsStale) await restartPumps()
+      }).catch((error) => {
+        logger.warn({ err: error }, 'could not start the input consumers; retrying')
+        pumpsBroken = true
+        wake()
       }),
     },
   )
 
-  /** Commits state and offsets of these key groups; one that fails is rewound to its checkpoint. */
-  const commitGroups = async (keyGroups: number[]) => {
-    let rewound = false
-    lastCommit = performance.now()
-    // the server allows 50 atomic batches in flight per stream: commit a few key groups at a time
-    const pendingGroups = [...keyGroups]
-    await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, pendingGroups.length) }, async () => {
-      for (let keyGroup = pendingGroups.shift(); keyGroup !== undefined; keyGroup = pendingGroups.shift()) {
-        uncommitted.delete(keyGroup)
-        const owned = groups.get(keyGroup)
-        if (!owned) continue
-        try {
-          owned.revision = await store.commit(owned.group, owned.revision, owned.committed)
-          owned.committed = { ...owned.group.offsets }
-        } catch (error) {
-          rewound = true
-          await rewind(keyGroup, error)
-        }
-      }
-    }))
-    if (rewound) await restartPumps()
+  const dirtyKeys = () => {
+    let sum = 0
+    for (const keyGroup of uncommitted) sum += groups.get(keyGroup)?.group.dirty.size ?? 0
+    return sum
   }
 
-  const handleBatch = async (batch: (InputMessage & { generation: number })[]) => {
+  /** Encodes the changes of these key groups as they are now (synchronously, at a batch boundary). */
+  const prepareCommit = (keyGroups: Iterable<number>) => {
+    lastCommit = performance.now()
+    const prepared: { owned: Owned<State>; prepared: PreparedCommit }[] = []
+    for (const keyGroup of keyGroups) {
+      uncommitted.delete(keyGroup)
+      const owned = groups.get(keyGroup)
+      if (owned) prepared.push({ owned, prepared: store.prepare(owned.group, owned.committed) })
+    }
+    return prepared
+  }
+
+  /** Writes prepared commits; a key group whose commit fails is rewound by the processor. */
+  const sendCommit = async (prepared: { owned: Owned<State>; prepared: PreparedCommit }[]) => {
+    const started = performance.now()
+    let outcomes
+    try {
+      outcomes = await store.commit(prepared.map(({ owned, prepared }) => ({ prepared, revision: owned.revision })))
+    } catch (error) {
+      outcomes = prepared.map(({ prepared }) => ({ keyGroup: prepared.keyGroup, error: error as Error }))
+    }
+    outcomes.forEach((outcome, index) => {
+      const { owned, prepared: commit } = prepared[index]!
+      if (outcome.error) {
+        commitFailures.set(outcome.keyGroup, outcome.error)
+      } else {
+        owned.revision = outcome.revision
+        owned.committed = commit.offsets
+      }
+    })
+    failpoint('after-commit')
+    metrics?.inc('segstream_checkpoint_seconds_sum', 'time spent checkpointing', { step: stepId }, (performance.now() - started) / 1000)
+    metrics?.inc('segstream_checkpoint_seconds_count', 'checkpoints', { step: stepId }, 1)
+  }
+
+  /** Commits these key groups now: nothing may be in flight (after settleAll). */
+  const commitNow = (keyGroups: Iterable<number>) => sendCommit(prepareCommit(keyGroups))
+
+  /**
+   * Starts a commit of every key group that moved, prepared now and sent once
+   * every batch published so far is acknowledged; processing goes on meanwhile.
+   * If one of those batches fails, the commit is abandoned: its keys are dirty again.
+   */
+  const startCommit = () => {
+    const before = [...pipeline]
+    const prepared = prepareCommit([...uncommitted])
+    commitInFlight = (async () => {
+      await Promise.all(before.map((batch) => batch.settled))
+      if (before.some((batch) => batch.failure !== undefined)) {
+        for (const { owned, prepared: commit } of prepared) {
+          if (groups.get(commit.keyGroup) !== owned) continue
+          for (const key of commit.keys) owned.group.dirty.add(key)
+          uncommitted.add(commit.keyGroup)
+        }
+        return
+      }
+      await sendCommit(prepared)
+    })().finally(() => {
+      commitInFlight = undefined
+      wake()
+    })
+  }
+
+  const handleBatch = async (lane: number, batch: QueuedInput[]) => {
     const started = performance.now()
     const outgoing: Outgoing[] = []
     const touched = new Set<number>()
-    for (const message of batch) {
-      // read before a rewind or an ownership change: the new consumers deliver it again, in order
-      if (message.generation !== generation) continue
-      const keyGroup = Number(message.subject.slice(message.subject.lastIndexOf('.') + 1))
-      const owned = groups.get(keyGroup)
-      if (!owned) continue
-      touched.add(keyGroup)
-      const out = processMessage(operator, owned.group, message, kernelOptions, counters)
-      for (const o of out) outgoing.push(o)
+    let handled = 0
+    try {
+      for (const message of batch) {
+        // read before a rewind or an ownership change: the new consumers deliver it again, in order
+        if (message.generation !== generation) continue
+        const owned = groups.get(message.keyGroup)
+        if (!owned) continue
+        touched.add(message.keyGroup)
+        handled++
+        const out = processMessage(operator, owned.group, message, kernelOptions, counters)
+        for (const o of out) outgoing.push(o)
+      }
+    } catch (error) {
+      // the kernel itself failed (the logic's errors are dead letters): the key groups rewind
+      pipeline.push({ lane, touched, settled: Promise.resolve(), done: true, failure: error })
+      publishFailure ??= error
+      return
     }
     if (touched.size === 0) return
     failpoint('before-publish')
-    const results = await Promise.allSettled(outgoing.map((o) => publisher.publish(o.subject, o.data, o.msgId)))
-    const failure = results.find((r) => r.status === 'rejected')
-    if (failure) {
-      for (const keyGroup of touched) await rewind(keyGroup, failure.reason)
-      await restartPumps()
-      throw failure.reason
-    }
-    failpoint('after-publish')
-    metrics?.inc('segstream_events_in_total', 'input messages handled', { step: stepId }, batch.length)
-    metrics?.inc('segstream_events_out_total', 'messages published', { step: stepId }, outgoing.length)
     for (const keyGroup of touched) uncommitted.add(keyGroup)
-    // checkpoints every commitIntervalMs, not every batch: outputs are already stored, and a
-    // replay of the batches since re-publishes them under the same ids (duplicates, dropped)
-    const dirtyKeys = [...uncommitted].reduce((sum, keyGroup) => sum + (groups.get(keyGroup)?.group.dirty.size ?? 0), 0)
-    if (performance.now() - lastCommit < commitIntervalMs && dirtyKeys < MAX_UNCOMMITTED_KEYS) return
-    const committing = performance.now()
-    await commitGroups([...uncommitted])
-    failpoint('after-commit')
-    metrics?.inc('segstream_checkpoint_seconds_sum', 'time spent checkpointing', { step: stepId }, (performance.now() - committing) / 1000)
-    metrics?.inc('segstream_checkpoint_seconds_count', 'checkpoints', { step: stepId }, 1)
-    metrics?.inc('segstream_batch_seconds_sum', 'time spent per batch, publish and checkpoint included', { step: stepId }, (performance.now() - started) / 1000)
+    const published: PublishedBatch = { lane, touched, settled: Promise.resolve(), done: false }
+    published.settled = publisher.publishBatch(outgoing).then(
+      () => {
+        published.done = true
+        failures = 0
+        failpoint('after-publish')
+        wake()
+        metrics?.inc('segstream_events_in_total', 'input messages handled', { step: stepId }, handled)
+        metrics?.inc('segstream_events_out_total', 'messages published', { step: stepId }, outgoing.length)
+        metrics?.inc('segstream_batch_seconds_sum', 'time from a batch\'s first input applied to its last output acknowledged', { step: stepId }, (performance.now() - started) / 1000)
+        // acknowledged, it leaves the pipeline; a failed one stays until the rewind
+        pipeline.splice(pipeline.indexOf(published), 1)
+      },
+      (error: unknown) => {
+        published.done = true
+        published.failure = error
+        publishFailure ??= error
+        wake()
+      },
+    )
+    pipeline.push(published)
+  }
+
+  /**
+   * After a failed publish or commit: once nothing is in flight, every key group
+   * a failed batch touched, and every key group whose commit failed, rewinds to
+   * its checkpoint; everything read after is discarded and read again. A key
+   * group has no batch in flight behind a failed one (one per lane), so its
+   * outputs are stored in input order whatever fails.
+   */
+  const recover = async () => {
+    await settleAll()
+    const reason = publishFailure ?? [...commitFailures.values()][0]
+    const affected = new Set(commitFailures.keys())
+    for (const batch of pipeline) if (batch.failure !== undefined) for (const keyGroup of batch.touched) affected.add(keyGroup)
+    pipeline = []
+    publishFailure = undefined
+    commitFailures.clear()
+    for (const keyGroup of affected) await rewind(keyGroup, reason)
+    pumpsBroken = true
+    await restartPumps()
+    pumpsBroken = false
+    return reason
+  }
+
+  /**
+   * The lane to handle next: one with no batch in flight, and a full batch waiting, or
+   * anything waiting when nothing at all is in flight (or reading has stopped on the
+   * bound). While acks are on their way, inputs gather into full batches: taking whatever
+   * has arrived would publish batches of a message or two, each with its own write and
+   * ack round, for the same work.
+   */
+  const nextLane = (): number | undefined => {
+    const idle = pipeline.length === 0 || queued >= maxQueued
+    let best: number | undefined
+    for (let lane = 0; lane < LANES; lane++) {
+      const waiting = lanes[lane]!.length
+      if (waiting === 0 || (waiting < batchSize && !idle) || pipeline.some((batch) => batch.lane === lane)) continue
+      if (best === undefined || waiting > lanes[best]!.length) best = lane
+    }
+    return best
   }
 
   const processor = (async () => {
-    let failures = 0
     while (!stopping) {
-      if (queue.length === 0 && uncommitted.size > 0 && performance.now() - lastCommit >= commitIntervalMs) {
-        await serially(() => commitGroups([...uncommitted])).catch((error) => logger.warn({ err: error }, 'commit failed'))
-        failpoint('after-commit')
+      if (publishFailure !== undefined || commitFailures.size > 0 || pumpsBroken) {
+        failures++
+        const reason = await serially(recover).catch((error) => error)
+        logger.warn({ err: reason, failures }, pumpsBroken ? 'could not restart the input consumers; retrying' : 'batch failed; key groups rewound to their checkpoints')
+        await sleep(backoffMs(failures, 200, 5_000))
         continue
       }
-      if (queue.length === 0) {
+      const now = performance.now()
+      const overfull = dirtyKeys() >= MAX_UNCOMMITTED_KEYS
+      if (uncommitted.size > 0 && !commitInFlight && (now - lastCommit >= commitIntervalMs || overfull)) {
+        await serially(async () => startCommit())
+        continue
+      }
+      if (overfull && commitInFlight) {
+        await commitInFlight
+        continue
+      }
+      const lane = nextLane()
+      if (lane === undefined) {
         await new Promise<void>((resolve) => {
-          wakeProcessor = resolve
-          setTimeout(resolve, 200)
+          // a commit in flight wakes us when it ends
+          const timer = setTimeout(resolve, uncommitted.size > 0 && !commitInFlight ? Math.max(1, commitIntervalMs - (now - lastCommit)) : 200)
+          wakeProcessor = () => {
+            clearTimeout(timer)
+            resolve()
+          }
         })
         continue
       }
-      const batch = queue.splice(0, batchSize)
-      wakePumps?.()
-      try {
-        await serially(() => handleBatch(batch))
-        failures = 0
-      } catch (error) {
-        failures++
-        logger.warn({ err: error, failures }, 'batch failed; key groups rewound to their checkpoints')
-        await sleep(backoffMs(failures, 200, 5_000))
+      // the publisher's window is full: wait for the oldest batch's acks rather than queue behind it
+      if (pipeline.length > 0 && publisher.inFlight >= MAX_OUTPUTS_IN_FLIGHT) {
+        await pipeline[0]!.settled
+        continue
       }
+      const batch = lanes[lane]!.splice(0, batchSize)
+      queued -= batch.length
+      wakePumps()
+      await serially(() => handleBatch(lane, batch))
     }
   })()
 
@@ -317,18 +549,23 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
     start: () => ownership.start(nc),
     owned: () => [...groups.keys()].sort((a, b) => a - b),
     /** Input messages read but not yet handled: bounded by four batches. */
-    buffered: () => queue.length,
+    buffered: () => queued,
     counters,
-    /** Graceful stop: finish the batch in hand, checkpoint, give the key groups back. */
+    /** Graceful stop: finish the batch in hand, wait for its acks, checkpoint, give the key groups back. */
     async stop(): Promise<void> {
       stopping = true
-      wakeProcessor?.()
+      wake()
       await processor
       await serially(async () => {
-        if (uncommitted.size > 0) await commitGroups([...uncommitted])
+        await settleAll()
+        if (publishFailure === undefined && uncommitted.size > 0) {
+          const failed = new Set(commitFailures.keys())
+          await commitNow([...uncommitted].filter((keyGroup) => !failed.has(keyGroup)))
+        }
         generation++
-        for (const pump of pumps) pump.stop()
+        for (const pump of pumps) stopPump(pump)
         pumps = []
+        wakePumps()
       })
       await ownership.stop()
     },

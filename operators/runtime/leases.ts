@@ -28,6 +28,11 @@ export interface OwnershipEvents {
   acquired(keyGroup: number, epoch: number): Promise<void>
   /** We must stop processing the key group now (lost, or handed to a newcomer). */
   released(keyGroup: number, reason: 'lost' | 'rebalanced' | 'stopping'): Promise<void>
+  /**
+   * A round is over (every heartbeat): after acquisitions and releases, the
+   * moment to start reading the new set, once rather than once per key group.
+   */
+  roundEnded?(): Promise<void>
 }
 
 /**
@@ -98,20 +103,34 @@ export class Ownership {
   /** One round: heartbeat, renew, then take or give back towards the fair share. */
   async #tick(): Promise<void> {
     if (this.#stopped) return
+    try {
+      await this.#round()
+    } finally {
+      if (!this.#stopped) await this.#events.roundEnded?.()
+    }
+  }
+
+  async #round(): Promise<void> {
     const kv = this.#kv!
     const { clock, leaseMs, keyGroups, instanceId, logger } = this.#options
     const now = clock()
     await kv.put(this.#memberKey(instanceId), JSON.stringify({ at: now }))
 
-    for (const [keyGroup, held] of [...this.#owned]) {
+    // renewed all at once: one by one, a busy server could make the round outlast the leases
+    const renewals = await Promise.all([...this.#owned].map(async ([keyGroup, held]) => {
       const lease: Lease = { owner: instanceId, epoch: held.epoch, until: now + leaseMs }
       try {
         held.revision = await kv.update(this.#leaseKey(keyGroup), JSON.stringify(lease), held.revision)
+        return undefined
       } catch (error) {
-        logger.warn({ keyGroup, err: error }, 'lease lost')
-        this.#owned.delete(keyGroup)
-        await this.#events.released(keyGroup, 'lost')
+        return { keyGroup, error }
       }
+    }))
+    for (const lost of renewals) {
+      if (!lost) continue
+      logger.warn({ keyGroup: lost.keyGroup, err: lost.error }, 'lease lost')
+      this.#owned.delete(lost.keyGroup)
+      await this.#events.released(lost.keyGroup, 'lost')
     }
 
     const members = this.#liveMembers(now)
