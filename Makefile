@@ -8,13 +8,14 @@ ROOT := $(CURDIR)
 export PATH := $(ROOT)/node_modules/.bin:$(ROOT)/.tools/bin:/usr/local/go/bin:$(PATH)
 export GOBIN := $(ROOT)/.tools/bin
 
-.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench bench-ingest bench-runtime
+.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench bench-ingest bench-runtime bench-explore
 
 help:
 	@echo "make up        run the local stack (nats-server, database, operators, gateway on :8080)"
 	@echo "make test      run the whole test suite against real servers"
 	@echo "make graph     print the dataflow as Mermaid"
 	@echo "make bench     end to end: collector -> enrich -> sessionize -> sink (about 8 minutes)"
+	@echo "make bench-explore  exploration queries on 1,000,000 users and 20,000,000 events loaded by COPY"
 
 setup: node_modules/.installed .tools/nats-server-$(NATS_SERVER_VERSION) .tools/postgresql.ok
 
@@ -76,3 +77,6 @@ bench-ingest: setup
 
 bench-runtime: setup
 	node bench/runtime.ts
+
+bench-explore: setup
+	node bench/explore.ts $(BENCH_ARGS)
