@@ -1,0 +1,457 @@
+import { ENVELOPE_VERSION, type AnyEnvelope, type Control, type EnrichedEventEnvelope, type Origin, type SessionEnvelope, type Source } from '../../schemas/envelope.ts'
+import { funnelDefinitionProblems, type FunnelDefinition, type FunnelProgress, type FunnelStatus } from '../../schemas/funnel.ts'
+import type { Session } from '../../schemas/session.ts'
+import { keyGroupOf, type Stage } from '../../topology/subjects.ts'
+import type { Emission, MergeContext, Operator, StepResult } from '../runtime/operator.ts'
+import { FUNNELS_STAGE, type FunnelProgressEnvelope } from './envelopes.ts'
+import {
+  compileFunnel, EXCLUSION_SHIFT, insert, maskOf, mergeTracks, MODE_ANY_ORDER, newTrack, removeEvents, summarize,
+  type CompiledFunnel, type PropertyLookup, type Summary, type Track, type TrackLimits,
+} from './match.ts'
+
+const MINUTE = 60_000
+const DAY = 24 * 60 * MINUTE
+
+/** How far behind a user's newest event (per funnel) events are kept, so that late ones apply exactly. */
+export const DEFAULT_FUNNEL_HORIZON_MS = 7 * DAY
+/** Most events kept per (user, funnel); beyond it the oldest are folded early. */
+export const DEFAULT_MAX_EVENTS = 256
+/** The step id: control messages for funnels carry it, and its state bucket is `seg_state_funnel`. */
+export const FUNNEL_STEP_ID = 'funnel'
+/** The name sessionize gives a session's start; a funnel step may use it. */
+export const SESSION_START = '$session_start'
+const RESERVED_PREFIX = '$session_'
+const SESSION_EVENT_PREFIX = `${SESSION_START}:`
+/** Distinct event names whose concerned funnels are remembered per set of definitions. */
+const MAX_REMEMBERED_NAMES = 10_000
+
+export interface FunnelOptions {
+  /** Key groups of the installation: the `funnels` stage is routed by canonical user id. */
+  keyGroups: number
+  /** Events kept behind the user's newest one per funnel, ms of event time. Default 7 days (`DEFAULT_FUNNEL_HORIZON_MS`). */
+  horizonMs?: number
+  /** Events kept per (user, funnel). Default 256 (`DEFAULT_MAX_EVENTS`). */
+  maxEvents?: number
+  /** Count events of bots (`context.bot`). Default false, as sessionize and profile. */
+  countBots?: boolean
+}
+
+export type FunnelInput =
+  | { envelope: EnrichedEventEnvelope; origin: Origin }
+  | { envelope: SessionEnvelope; origin: Origin }
+
+/** The definitions in force for one project (the runtime keeps them in the checkpoint: plain data). */
+export type FunnelDefinitions = Record<string, { version: number; definition: FunnelDefinition }>
+
+/** What was last published about one (user, funnel): a change of any of it is published again. */
+export interface SentProgress {
+  /** Version of the last message. */
+  n: number
+  l: number
+  s: FunnelStatus
+  tt: number[]
+  b?: string
+}
+
+export interface UserFunnel {
+  track: Track
+  sent?: SentProgress
+  /** While in progress: when the status turns to dropped. */
+  wake?: number
+}
+
+/** A session start seen on the sessions stage: its last version and start. */
+export interface SeenSession {
+  v: number
+  t: number
+}
+
+/** A user's state: one track per active funnel that concerns them. Plain data; bounds in docs/funnels.md. */
+export interface FunnelState {
+  /** Empty until the first input. */
+  canonicalId: string
+  project: string
+  funnels: Record<string, UserFunnel>
+  /** Session starts seen, within the horizon (only when a funnel uses `$session_start`). */
+  sessions: Record<string, SeenSession>
+  /** Of the last input that changed the state: what a timer's messages carry. */
+  source: Source
+  origin: Origin
+}
+
+// ---------------------------------------------------------------------------------------------
+// Definitions
+
+/**
+ * A control message for the funnel step: a definition (validated; one that is not throws, and the
+ * runtime dead-letters the control message with the problems) or null, which deletes the funnel.
+ * A version at or below the one in force changes nothing (a replayed or reordered control).
+ */
+export function applyFunnelControl(definitions: unknown, control: Control): FunnelDefinitions {
+  const current = (definitions ?? {}) as FunnelDefinitions
+  const existing = Object.hasOwn(current, control.name) ? current[control.name] : undefined
+  if (existing && existing.version >= control.version) return current
+  if (control.definition === null || control.definition === undefined) {
+    if (!existing) return current
+    const { [control.name]: _deleted, ...rest } = current
+    return rest
+  }
+  const problems = funnelDefinitionProblems(control.definition)
+  const definition = control.definition as FunnelDefinition
+  if (problems.length === 0 && definition.id !== control.name) problems.push(`id: ${JSON.stringify(definition.id)} differs from the control's name ${JSON.stringify(control.name)}`)
+  if (problems.length > 0) throw new Error(`funnel ${control.name} version ${control.version} refused: ${problems.join('; ')}`)
+  return { ...current, [control.name]: { version: control.version, definition } }
+}
+
+interface CompiledProject {
+  funnels: CompiledFunnel[]
+  byId: Map<string, CompiledFunnel>
+  /** Per event name, the funnels it can concern (memo). */
+  byName: Map<string, CompiledFunnel[]>
+  /** Funnels with a `$session_start` step or exclusion. */
+  sessions: CompiledFunnel[]
+}
+
+// A cache of compiled matchers per definitions object: the definitions are replaced, never changed,
+// so the object identifies them; after a restart they are decoded afresh and compiled once more.
+const compiledCache = new WeakMap<object, CompiledProject>()
+
+function compiledOf(definitions: unknown): CompiledProject | undefined {
+  if (definitions === undefined || definitions === null || typeof definitions !== 'object') return undefined
+  let project = compiledCache.get(definitions)
+  if (project === undefined) {
+    const funnels = Object.values(definitions as FunnelDefinitions).map(({ version, definition }) => compileFunnel(definition, version))
+    project = {
+      funnels, byId: new Map(funnels.map((funnel) => [funnel.id, funnel])), byName: new Map(),
+      sessions: funnels.filter((funnel) => funnel.conditions.has(SESSION_START)),
+    }
+    compiledCache.set(definitions, project)
+  }
+  return project
+}
+
+function concernedBy(project: CompiledProject, name: string): CompiledFunnel[] {
+  let list = project.byName.get(name)
+  if (list === undefined) {
+    list = project.funnels.filter((funnel) => funnel.everyEvent || funnel.conditions.has(name))
+    if (project.byName.size < MAX_REMEMBERED_NAMES) project.byName.set(name, list)
+  }
+  return list
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
+
+function pathOf(message: EnrichedEventEnvelope['data']['message']): unknown {
+  const page = isRecord(message.context) ? message.context.page : undefined
+  return (isRecord(page) ? page.path : undefined) ?? message.properties?.path
+}
+
+/** A property of an enriched event: `$`-names from enrich's context, others from `properties` (docs/funnels.md). */
+function eventLookup(envelope: EnrichedEventEnvelope): PropertyLookup {
+  const { message, context } = envelope.data
+  return (property) => {
+    switch (property) {
+      case '$channel': return context?.acquisition.channel
+      case '$source': return context?.acquisition.source
+      case '$medium': return context?.acquisition.medium
+      case '$campaign': return context?.acquisition.campaign
+      case '$referrer_host': return context?.acquisition.referrerHost
+      case '$device': return context?.device.type
+      case '$browser': return context?.device.browser
+      case '$os': return context?.device.os
+      case '$country': return context?.geo?.country
+      case '$city': return context?.geo?.city
+      case '$path': return pathOf(message)
+    }
+    const properties = message.properties
+    return properties !== undefined && Object.hasOwn(properties, property) ? properties[property] : undefined
+  }
+}
+
+function sessionLookup(session: Session): PropertyLookup {
+  return (property) => {
+    switch (property) {
+      case '$channel': return session.channel
+      case '$device': return session.device
+      case '$entry_page': return session.entryPage
+    }
+    return undefined
+  }
+}
+
+const breakdownValue = (value: unknown) => (value === undefined || value === null ? undefined : typeof value === 'string' ? value : JSON.stringify(value))
+
+/** Whether the event can start an attempt (the breakdown is taken from there). */
+function startsAttempt(funnel: CompiledFunnel, mask: number) {
+  return funnel.mode === MODE_ANY_ORDER ? (mask & ((1 << EXCLUSION_SHIFT) - 1)) !== 0 : (mask & 1) !== 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing
+
+interface Owner {
+  canonicalId: string
+  project: string
+  keyGroup: number
+}
+
+/** The one place the progress envelope meets the runtime's types: the `funnels` stage is not in topology/subjects.ts yet. */
+function emissionOf(owner: Owner, envelope: FunnelProgressEnvelope): Emission {
+  return { stage: FUNNELS_STAGE as string as Stage, project: owner.project, keyGroup: owner.keyGroup, envelope: envelope as unknown as AnyEnvelope }
+}
+
+const sameTimes = (a: number[], b: number[]) => a.length === b.length && a.every((time, index) => time === b[index])
+
+const finite = (time: number, fallback: number) => (Number.isFinite(time) ? time : fallback)
+
+function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, funnel: { id: string; version: number; steps: number }, previous: SentProgress | undefined, summary: Summary, mergedInto?: string): SentProgress {
+  const version = (previous?.n ?? 0) + 1
+  const lastStep = summary.stepTimes.length > 0 ? summary.stepTimes[summary.stepTimes.length - 1]! : 0
+  const asOf = finite(summary.asOf, lastStep)
+  const data: FunnelProgress = {
+    funnelId: funnel.id, funnelVersion: funnel.version, canonicalId: owner.canonicalId, version, level: summary.level, steps: funnel.steps,
+    status: summary.status, stepTimes: summary.stepTimes, asOf,
+    ...(summary.breakdown === undefined ? {} : { breakdown: summary.breakdown }),
+    ...(mergedInto === undefined ? {} : { mergedInto }),
+  }
+  const envelope: FunnelProgressEnvelope = {
+    v: ENVELOPE_VERSION, type: 'funnel_progress', project: owner.project, id: `${funnel.id}:${funnel.version}:${owner.canonicalId}:${version}`,
+    time: summary.level > 0 ? summary.stepTimes[summary.level - 1]! : asOf, key: owner.canonicalId, keyGroup: owner.keyGroup,
+    source: state.source, origin: state.origin, data,
+  }
+  out.push(emissionOf(owner, envelope))
+  return { n: version, l: summary.level, s: summary.status, tt: summary.stepTimes, ...(summary.breakdown === undefined ? {} : { b: summary.breakdown }) }
+}
+
+/** Publishes the (user, funnel)'s result if it differs from what was last published; returns the entry with it. */
+function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, id: string, entry: UserFunnel, watermark: number): UserFunnel {
+  const { track } = entry
+  const summary = summarize(track.head, track.n, track.w, watermark)
+  const sent = entry.sent
+  const unchanged = sent
+    ? sent.l === summary.level && sent.s === summary.status && sent.b === summary.breakdown && sameTimes(sent.tt, summary.stepTimes)
+    : summary.level === 0
+  const next: UserFunnel = { track, ...(unchanged ? optionalSent(sent) : { sent: publish(out, owner, state, { id, version: track.v, steps: track.n }, sent, summary) }) }
+  if (summary.wakeAt !== undefined) next.wake = summary.wakeAt
+  return next
+}
+
+const optionalSent = (sent: SentProgress | undefined) => (sent === undefined ? {} : { sent })
+
+// ---------------------------------------------------------------------------------------------
+// The operator
+
+/**
+ * Funnel: for every active funnel of a project, each canonical user's progress (the furthest
+ * attempt, its step times, in progress or dropped), from their enriched events and, for
+ * `$session_start` steps, sessionize's messages. Publishes progress changes on the `funnels`
+ * stage. See docs/funnels.md.
+ */
+export function createFunnel(options: FunnelOptions): Operator<FunnelState, FunnelInput> {
+  const limits: TrackLimits = {
+    horizonMs: options.horizonMs ?? DEFAULT_FUNNEL_HORIZON_MS,
+    maxEvents: Math.max(1, options.maxEvents ?? DEFAULT_MAX_EVENTS),
+  }
+  const ownerOf = (canonicalId: string, project: string): Owner => ({ canonicalId, project, keyGroup: keyGroupOf(canonicalId, options.keyGroups) })
+
+  const empty = (): FunnelState => ({ canonicalId: '', project: '', funnels: {}, sessions: {}, source: 'live', origin: { stream: '', seq: 0 } })
+
+  function withWakeAt(state: FunnelState, emit: Emission[], late = false): StepResult<FunnelState> {
+    let wakeAt: number | undefined
+    for (const id in state.funnels) {
+      const wake = state.funnels[id]!.wake
+      if (wake !== undefined && (wakeAt === undefined || wake < wakeAt)) wakeAt = wake
+    }
+    const result: StepResult<FunnelState> = { state, emit }
+    if (wakeAt !== undefined) result.wakeAt = wakeAt
+    if (late) result.late = true
+    return result
+  }
+
+  const unchanged = (state: FunnelState): StepResult<FunnelState> => (state.canonicalId === '' ? { state: undefined, emit: [] } : withWakeAt(state, []))
+
+  /** The user's entry for a funnel under its current definition (a new version starts afresh). */
+  const entryOf = (state: FunnelState, funnel: CompiledFunnel): UserFunnel => {
+    const entry = Object.hasOwn(state.funnels, funnel.id) ? state.funnels[funnel.id] : undefined
+    return entry && entry.track.v === funnel.version ? entry : { track: newTrack(funnel) }
+  }
+
+  /** Drops the entries of funnels deleted or redefined since; undefined when nothing is left. */
+  function reconcile(state: FunnelState, project: CompiledProject | undefined): FunnelState | undefined {
+    let funnels = state.funnels
+    for (const id in state.funnels) {
+      if (project?.byId.get(id)?.version !== state.funnels[id]!.track.v) {
+        if (funnels === state.funnels) funnels = { ...state.funnels }
+        delete funnels[id]
+      }
+    }
+    const sessions = project && project.sessions.length > 0 ? state.sessions : {}
+    if (Object.keys(funnels).length === 0 && Object.keys(sessions).length === 0) return undefined
+    return funnels === state.funnels && sessions === state.sessions ? state : { ...state, funnels, sessions }
+  }
+
+  function onEnriched(state: FunnelState, project: CompiledProject, envelope: EnrichedEventEnvelope, origin: Origin, watermark: number): StepResult<FunnelState> {
+    const name = envelope.data.name
+    if (name.startsWith(RESERVED_PREFIX) || (envelope.data.context?.bot === true && !options.countBots)) return unchanged(state)
+    const concerned = concernedBy(project, name)
+    if (concerned.length === 0) return unchanged(state)
+    const time = envelope.time
+    const id = envelope.data.message.messageId
+    let lookup: PropertyLookup | undefined
+    let funnels: Record<string, UserFunnel> | undefined
+    let late = false
+    const touched: string[] = []
+    for (const funnel of concerned) {
+      lookup ??= eventLookup(envelope)
+      const mask = maskOf(funnel, name, lookup)
+      if (mask === 0 && !funnel.everyEvent) continue
+      const entry = entryOf(state, funnel)
+      const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
+      const { track, outcome } = insert(funnel, entry.track, time, id, mask, breakdown, limits)
+      if (outcome === 'late') late = true
+      if (outcome !== 'applied') continue
+      funnels ??= { ...state.funnels }
+      funnels[funnel.id] = { ...entry, track }
+      touched.push(funnel.id)
+    }
+    if (funnels === undefined) return late ? { ...unchanged(state), late } : unchanged(state)
+    const next: FunnelState = {
+      canonicalId: state.canonicalId || envelope.data.canonicalId, project: state.project || envelope.project,
+      funnels, sessions: state.sessions, source: envelope.source, origin,
+    }
+    return finish(next, touched, watermark, late)
+  }
+
+  function onSession(state: FunnelState, project: CompiledProject, envelope: SessionEnvelope, origin: Origin, watermark: number): StepResult<FunnelState> {
+    if (project.sessions.length === 0) return unchanged(state)
+    const { name, version, session } = envelope.data
+    const known = Object.hasOwn(state.sessions, session.sessionId) ? state.sessions[session.sessionId] : undefined
+    if (known ? version <= known.v : name === '$session_retract') return unchanged(state)
+    const sessions = { ...state.sessions }
+    const retracted = name === '$session_retract'
+    if (retracted) delete sessions[session.sessionId]
+    else sessions[session.sessionId] = { v: version, t: session.start }
+    const base: FunnelState = {
+      canonicalId: state.canonicalId || session.canonicalId, project: state.project || envelope.project,
+      funnels: state.funnels, sessions: pruneSessions(sessions, limits.horizonMs), source: envelope.source, origin,
+    }
+    if (known && !retracted && known.t === session.start) return withWakeAt(base, []) // a later version, same start: the step event is unchanged
+    const id = `${SESSION_EVENT_PREFIX}${session.sessionId}`
+    const lookup = sessionLookup(session)
+    const funnels = { ...state.funnels }
+    const touched: string[] = []
+    let late = false
+    for (const funnel of project.sessions) {
+      let entry = entryOf(state, funnel)
+      let track = entry.track
+      if (known) track = removeEvents(funnel, track, new Set([id]))
+      if (!retracted) {
+        const mask = maskOf(funnel, SESSION_START, lookup)
+        if (mask !== 0) {
+          const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
+          const inserted = insert(funnel, track, session.start, id, mask, breakdown, limits)
+          if (inserted.outcome === 'late') late = true
+          track = inserted.track
+        }
+      }
+      if (track === entry.track) continue
+      entry = { ...entry, track }
+      funnels[funnel.id] = entry
+      touched.push(funnel.id)
+    }
+    return finish({ ...base, funnels }, touched, watermark, late)
+  }
+
+  function finish(state: FunnelState, touched: string[], watermark: number, late: boolean): StepResult<FunnelState> {
+    const out: Emission[] = []
+    const owner = ownerOf(state.canonicalId, state.project)
+    for (const id of touched) state.funnels[id] = report(out, owner, state, id, state.funnels[id]!, watermark)
+    return withWakeAt(state, out, late)
+  }
+
+  return {
+    stepId: FUNNEL_STEP_ID,
+    init: empty,
+    toInput(envelope, origin) {
+      if (envelope.type === 'enriched_event' || envelope.type === 'session') return { envelope, origin } as FunnelInput
+      throw new Error(`funnel reads enriched_event and session messages, got ${envelope.type}`)
+    },
+    keyOf: (input) => (input.envelope.type === 'enriched_event' ? input.envelope.data.canonicalId : input.envelope.data.session.canonicalId),
+    onControl: applyFunnelControl,
+    onEvent(state, input, context) {
+      const project = compiledOf(context.control)
+      const current = state.canonicalId === '' ? state : reconcile(state, project)
+      if (project === undefined || project.funnels.length === 0 || current === undefined) {
+        // no funnel is active: nothing to keep
+        return current === undefined || project === undefined || project.funnels.length === 0 ? { state: undefined, emit: [] } : unchanged(current)
+      }
+      return input.envelope.type === 'enriched_event'
+        ? onEnriched(current, project, input.envelope, input.origin, context.watermark)
+        : onSession(current, project, input.envelope, input.origin, context.watermark)
+    },
+    onTimer(state, now) {
+      const out: Emission[] = []
+      const owner = ownerOf(state.canonicalId, state.project)
+      let funnels = state.funnels
+      for (const id in state.funnels) {
+        const entry = state.funnels[id]!
+        if (entry.wake === undefined || entry.wake > now) continue
+        if (funnels === state.funnels) funnels = { ...state.funnels }
+        funnels[id] = report(out, owner, state, id, entry, now)
+      }
+      return withWakeAt(funnels === state.funnels ? state : { ...state, funnels }, out)
+    },
+    mergeInto(into, from, context: MergeContext) {
+      const project = compiledOf(context.control)
+      const projectId = into?.project || from.project
+      const out: Emission[] = []
+      // what was published under the anonymous id ends there: the user's messages carry it from now on
+      const fromOwner = ownerOf(from.canonicalId || context.from, projectId)
+      for (const id in from.funnels) {
+        const entry = from.funnels[id]!
+        if (entry.sent === undefined || entry.sent.s === 'none') continue
+        const none: Summary = { level: 0, status: 'none', stepTimes: [], asOf: Math.max(context.watermark, entry.track.head.nt ?? Number.NEGATIVE_INFINITY) }
+        publish(out, fromOwner, from, { id, version: entry.track.v, steps: entry.track.n }, entry.sent, none, context.into)
+      }
+      // sessionize announces the anonymous id's sessions again under the user, with new ids
+      const reannounced = new Set(Object.keys(from.sessions).map((sessionId) => `${SESSION_EVENT_PREFIX}${sessionId}`))
+      const base: FunnelState = into ?? { ...empty(), canonicalId: context.into, project: projectId, source: from.source, origin: from.origin }
+      const funnels: Record<string, UserFunnel> = {}
+      const touched: string[] = []
+      for (const funnel of project?.funnels ?? []) {
+        const mine = into && Object.hasOwn(into.funnels, funnel.id) && into.funnels[funnel.id]!.track.v === funnel.version ? into.funnels[funnel.id] : undefined
+        const theirs = Object.hasOwn(from.funnels, funnel.id) && from.funnels[funnel.id]!.track.v === funnel.version ? from.funnels[funnel.id] : undefined
+        if (!theirs) {
+          if (mine) funnels[funnel.id] = mine
+          continue
+        }
+        const moved = reannounced.size > 0 ? removeEvents(funnel, theirs.track, reannounced) : theirs.track
+        const track = mine ? mergeTracks(funnel, mine.track, moved, limits) : moved
+        funnels[funnel.id] = { track, ...optionalSent(mine?.sent) }
+        touched.push(funnel.id)
+      }
+      const sessions = project && project.sessions.length > 0 ? base.sessions : {}
+      if (Object.keys(funnels).length === 0 && Object.keys(sessions).length === 0) return { state: undefined, emit: out }
+      const state: FunnelState = { ...base, canonicalId: context.into, project: projectId, funnels, sessions }
+      const owner = ownerOf(context.into, projectId)
+      for (const id of touched) state.funnels[id] = report(out, owner, state, id, state.funnels[id]!, context.watermark)
+      return withWakeAt(state, out)
+    },
+  }
+}
+
+/** Keeps the session starts within the horizon of the newest one. */
+function pruneSessions(sessions: Record<string, SeenSession>, horizonMs: number): Record<string, SeenSession> {
+  let newest = Number.NEGATIVE_INFINITY
+  for (const id in sessions) newest = Math.max(newest, sessions[id]!.t)
+  let pruned = sessions
+  for (const id in sessions) {
+    if (sessions[id]!.t >= newest - horizonMs) continue
+    if (pruned === sessions) pruned = { ...sessions }
+    delete pruned[id]
+  }
+  return pruned
+}

@@ -1,0 +1,471 @@
+import { DEFAULT_WINDOW_MS, type FilterOperator, type FunnelDefinition, type FunnelStatus, type PropertyFilter } from '../../schemas/funnel.ts'
+
+/**
+ * The pure matcher of one funnel for one user (docs/funnels.md): which attempts exist, how far
+ * each got, which one counts. Everything here is plain data and plain functions; the operator
+ * (logic.ts) keeps one `Track` per (user, funnel) and feeds it events.
+ *
+ * An event reaches the matcher as (time, id, mask): bit k of the mask says it matches step k
+ * (0-based), bit EXCLUSION_SHIFT + j that it matches exclusion j. Masks are computed once, when
+ * the event arrives, under the definition in force (a new definition version starts afresh).
+ */
+
+export const MODE_SEQUENTIAL = 0
+export const MODE_STRICT = 1
+export const MODE_ANY_ORDER = 2
+export type ModeCode = typeof MODE_SEQUENTIAL | typeof MODE_STRICT | typeof MODE_ANY_ORDER
+
+export const EXCLUSION_SHIFT = 20
+const STEP_BITS = (1 << EXCLUSION_SHIFT) - 1
+
+/** With exclusions, attempts at the same level cannot replace each other (docs/funnels.md); at most this many are kept. */
+export const MAX_LIVE_ATTEMPTS = 64
+
+/** A property of the event being matched (undefined: the event does not have it). */
+export type PropertyLookup = (property: string) => unknown
+
+type Test = (value: unknown) => boolean
+
+interface Condition {
+  bit: number
+  tests: Test[]
+  properties: string[]
+}
+
+/** A funnel definition made ready for matching. */
+export interface CompiledFunnel {
+  id: string
+  version: number
+  steps: number
+  mode: ModeCode
+  windowMs: number
+  /** 0-based: an attempt with `from < level <= to` steps reached is exposed (reached step `from`, not step `to`). */
+  exclusions: Array<{ from: number; to: number; bit: number }>
+  /** Event names that can set a bit, with their conditions. */
+  conditions: Map<string, Condition[]>
+  /** Strict mode: every event of the user concerns the funnel (any other event breaks an attempt). */
+  everyEvent: boolean
+  breakdown?: string
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filters
+
+const isScalar = (value: unknown): value is string | number | boolean => typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean'
+
+/** Equal as values, or as strings when the types differ (`'42'` eq `42`, `'true'` eq `true`). */
+function same(value: unknown, expected: unknown): boolean {
+  if (value === expected) return true
+  return isScalar(value) && isScalar(expected) && String(value) === String(expected)
+}
+
+function ordered(operator: 'gt' | 'gte' | 'lt' | 'lte', expected: unknown): Test {
+  const accept = (difference: number) =>
+    operator === 'gt' ? difference > 0 : operator === 'gte' ? difference >= 0 : operator === 'lt' ? difference < 0 : difference <= 0
+  if (typeof expected === 'number') {
+    return (value) => {
+      const number = typeof value === 'number' ? value : typeof value === 'string' && value.trim() !== '' ? Number(value) : Number.NaN
+      return !Number.isNaN(number) && accept(number - expected)
+    }
+  }
+  const text = String(expected)
+  return (value) => typeof value === 'string' && accept(value < text ? -1 : value > text ? 1 : 0)
+}
+
+/** One filter as a test of the property's value. */
+export function filterTest(filter: { operator?: FilterOperator; value?: unknown }): Test {
+  const expected = filter.value
+  switch (filter.operator ?? 'eq') {
+    case 'eq': return (value) => same(value, expected)
+    case 'neq': return (value) => !same(value, expected)
+    case 'gt': return ordered('gt', expected)
+    case 'gte': return ordered('gte', expected)
+    case 'lt': return ordered('lt', expected)
+    case 'lte': return ordered('lte', expected)
+    case 'in': {
+      const options = Array.isArray(expected) ? expected : [expected]
+      return (value) => options.some((option) => same(value, option))
+    }
+    case 'contains': {
+      const needle = String(expected).toLowerCase()
+      return (value) => typeof value === 'string' && value.toLowerCase().includes(needle)
+    }
+    case 'is_set': return (value) => value !== undefined && value !== null
+  }
+}
+
+function conditionOf(bit: number, filters: PropertyFilter[] | undefined): Condition {
+  return { bit, tests: (filters ?? []).map(filterTest), properties: (filters ?? []).map((filter) => filter.property) }
+}
+
+export function compileFunnel(definition: FunnelDefinition, version: number): CompiledFunnel {
+  const mode: ModeCode = definition.mode === 'strict' ? MODE_STRICT : definition.mode === 'any_order' ? MODE_ANY_ORDER : MODE_SEQUENTIAL
+  const conditions = new Map<string, Condition[]>()
+  const add = (event: string, condition: Condition) => {
+    const list = conditions.get(event)
+    if (list) list.push(condition)
+    else conditions.set(event, [condition])
+  }
+  definition.steps.forEach((step, index) => add(step.event, conditionOf(1 << index, step.filters)))
+  const exclusions = (definition.exclusions ?? []).map((exclusion, index) => {
+    const bit = 1 << (EXCLUSION_SHIFT + index)
+    add(exclusion.event, conditionOf(bit, exclusion.filters))
+    return { from: exclusion.fromStep - 1, to: exclusion.toStep - 1, bit }
+  })
+  return {
+    id: definition.id, version, steps: definition.steps.length, mode, windowMs: definition.windowMs ?? DEFAULT_WINDOW_MS,
+    exclusions, conditions, everyEvent: mode === MODE_STRICT,
+    ...(definition.breakdown ? { breakdown: definition.breakdown.property } : {}),
+  }
+}
+
+/** The steps and exclusions an event matches (0 for none). */
+export function maskOf(funnel: CompiledFunnel, name: string, lookup: PropertyLookup): number {
+  const list = funnel.conditions.get(name)
+  if (list === undefined) return 0
+  let mask = 0
+  for (const condition of list) {
+    let holds = true
+    for (let index = 0; index < condition.tests.length; index++) {
+      if (!condition.tests[index]!(lookup(condition.properties[index]!))) {
+        holds = false
+        break
+      }
+    }
+    if (holds) mask |= condition.bit
+  }
+  return mask
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attempts
+
+/** One attempt: started by a first-step event, advanced by later events within the window. Plain data; never mutated. */
+export interface Attempt {
+  /** Event time and message id of the event that started it. */
+  s: number
+  sid: string
+  /** Steps reached. */
+  l: number
+  /** Any-order mode: the steps reached, as a mask; 0 otherwise. */
+  d: number
+  /** Event time of each step reached. */
+  tt: number[]
+  /** Event time and id of the event that reached `l`. */
+  ct: number
+  cid: string
+  /** The breakdown property's value on the first step. */
+  b?: string
+}
+
+/** What processing a user's events in (time, id) order leaves. Plain data. */
+export interface MatchState {
+  /** Attempts that may still advance: not broken, not discarded, window open at the newest event. */
+  live: Attempt[]
+  /** The best attempt that can no longer change (closed, broken, complete, or replaced by a later one at its level). */
+  best?: Attempt
+  /** The newest event processed. */
+  nt?: number
+  nid?: string
+}
+
+export const emptyMatch = (): MatchState => ({ live: [] })
+
+/** The counted attempt between two: further, then the earlier to reach its level, then the later start. */
+export function better(a: Attempt, b: Attempt): boolean {
+  if (a.l !== b.l) return a.l > b.l
+  if (a.ct !== b.ct) return a.ct < b.ct
+  if (a.cid !== b.cid) return a.cid < b.cid
+  if (a.s !== b.s) return a.s > b.s
+  return a.sid > b.sid
+}
+
+const precedes = (time: number, id: string, otherTime: number, otherId: string) => time < otherTime || (time === otherTime && id < otherId)
+
+function settle(state: MatchState, attempt: Attempt) {
+  if (state.best === undefined || better(attempt, state.best)) state.best = attempt
+}
+
+function exposed(funnel: CompiledFunnel, level: number, mask: number): boolean {
+  for (const exclusion of funnel.exclusions) {
+    if ((mask & exclusion.bit) !== 0 && level > exclusion.from && level <= exclusion.to) return true
+  }
+  return false
+}
+
+/**
+ * Keeps one attempt per level (per set of steps in any order): the latest started, whose window
+ * closes last, reaches every later step no later than an earlier one would. The earlier ones are
+ * final as they stand. Not with exclusions: there a later attempt can be discarded after an
+ * earlier one closed, and the earlier one then counts.
+ */
+function prune(funnel: CompiledFunnel, state: MatchState, live: Attempt[]): Attempt[] {
+  if (live.length < 2) return live
+  if (funnel.exclusions.length > 0) {
+    if (live.length <= MAX_LIVE_ATTEMPTS) return live
+    const dropped = live.slice(0, live.length - MAX_LIVE_ATTEMPTS)
+    for (const attempt of dropped) settle(state, attempt)
+    return live.slice(live.length - MAX_LIVE_ATTEMPTS)
+  }
+  const anyOrder = funnel.mode === MODE_ANY_ORDER
+  let seen = 0
+  const seenSets = anyOrder ? new Set<number>() : undefined
+  let duplicates = false
+  for (let index = live.length - 1; index >= 0; index--) {
+    const attempt = live[index]!
+    if (anyOrder ? seenSets!.has(attempt.d) : (seen & (1 << attempt.l)) !== 0) {
+      duplicates = true
+      break
+    }
+    if (anyOrder) seenSets!.add(attempt.d)
+    else seen |= 1 << attempt.l
+  }
+  if (!duplicates) return live
+  const kept: Attempt[] = []
+  seen = 0
+  seenSets?.clear()
+  for (let index = live.length - 1; index >= 0; index--) {
+    const attempt = live[index]!
+    const key = anyOrder ? attempt.d : attempt.l
+    const taken = anyOrder ? seenSets!.has(key) : (seen & (1 << key)) !== 0
+    if (taken) {
+      settle(state, attempt)
+      continue
+    }
+    if (anyOrder) seenSets!.add(key)
+    else seen |= 1 << key
+    kept.push(attempt)
+  }
+  return kept.reverse()
+}
+
+/**
+ * Applies one event, later in (time, id) than every event already processed, to a copy of
+ * `state` (the input is not changed; attempts are shared, never mutated).
+ */
+export function advance(funnel: CompiledFunnel, state: MatchState, time: number, id: string, mask: number, breakdown?: string): MatchState {
+  const next: MatchState = { live: state.live, nt: time, nid: id }
+  if (state.best !== undefined) next.best = state.best
+  const windowMs = funnel.windowMs
+  const anyOrder = funnel.mode === MODE_ANY_ORDER
+  const strict = funnel.mode === MODE_STRICT
+  const stepMask = mask & STEP_BITS
+  const live: Attempt[] = []
+  for (const attempt of state.live) {
+    if (attempt.s + windowMs < time) {
+      settle(next, attempt) // its window closed before this event
+      continue
+    }
+    let bit = 0
+    if (anyOrder) {
+      const free = stepMask & ~attempt.d
+      bit = free & -free
+    } else if ((stepMask & (1 << attempt.l)) !== 0) {
+      bit = 1 << attempt.l
+    }
+    if (bit !== 0) {
+      const advanced: Attempt = { ...attempt, l: attempt.l + 1, d: anyOrder ? attempt.d | bit : 0, tt: [...attempt.tt, time], ct: time, cid: id }
+      if (advanced.l === funnel.steps) settle(next, advanced)
+      else live.push(advanced)
+      continue
+    }
+    if (mask >>> EXCLUSION_SHIFT !== 0 && exposed(funnel, attempt.l, mask)) continue // discarded: counts for nothing
+    if (strict) {
+      settle(next, attempt) // broken by another event: final at its level
+      continue
+    }
+    live.push(attempt)
+  }
+  if (stepMask !== 0 && (anyOrder || (stepMask & 1) !== 0)) {
+    const bit = anyOrder ? stepMask & -stepMask : 1
+    const started: Attempt = { s: time, sid: id, l: 1, d: anyOrder ? bit : 0, tt: [time], ct: time, cid: id, ...(breakdown === undefined ? {} : { b: breakdown }) }
+    live.push(started)
+  }
+  next.live = prune(funnel, next, live)
+  return next
+}
+
+export interface Summary {
+  level: number
+  status: FunnelStatus
+  stepTimes: number[]
+  breakdown?: string
+  /** The later of the watermark and the newest event. */
+  asOf: number
+  /** While in progress: when the status turns to dropped if nothing else happens (event time, ms). */
+  wakeAt?: number
+}
+
+/** The user's result as of `watermark`: the counted attempt and whether it can still go further. */
+export function summarize(state: MatchState, steps: number, windowMs: number, watermark: number): Summary {
+  let top = state.best
+  for (const attempt of state.live) if (top === undefined || better(attempt, top)) top = attempt
+  const asOf = Math.max(watermark, state.nt ?? Number.NEGATIVE_INFINITY)
+  if (top === undefined) return { level: 0, status: 'none', stepTimes: [], asOf }
+  const base = { level: top.l, stepTimes: top.tt, asOf, ...(top.b === undefined || top.b === '' ? {} : { breakdown: top.b }) }
+  if (top.l === steps) return { ...base, status: 'converted' }
+  let deadline = Number.NEGATIVE_INFINITY
+  for (const attempt of state.live) if (attempt.l === top.l && attempt.s + windowMs > deadline) deadline = attempt.s + windowMs
+  return deadline >= asOf ? { ...base, status: 'in_progress', wakeAt: deadline + 1 } : { ...base, status: 'dropped' }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A track: the matcher with the recent events kept, so late events are applied exactly
+
+/**
+ * One funnel for one user. `base` is the match state after the events folded out of the buffer
+ * (up to the cut); `head` after those and every buffered event; the buffer holds the events
+ * after the cut, sorted by (time, id), as parallel arrays (msgpack-friendly).
+ */
+export interface Track {
+  /** Definition version, steps and window it was computed under (a timer has no definitions at hand). */
+  v: number
+  n: number
+  w: number
+  base: MatchState
+  head: MatchState
+  t: number[]
+  i: string[]
+  m: number[]
+  /** Breakdown values, when the funnel has a breakdown ('' when the event lacks the property). */
+  b?: string[]
+  /** The last event folded into `base`: an event at or before it is too late to apply. */
+  cutT?: number
+  cutI?: string
+}
+
+export interface TrackLimits {
+  /** Events are kept this long behind the newest one, ms of event time. */
+  horizonMs: number
+  /** At most this many events kept. */
+  maxEvents: number
+}
+
+export const newTrack = (funnel: CompiledFunnel): Track =>
+  ({ v: funnel.version, n: funnel.steps, w: funnel.windowMs, base: emptyMatch(), head: emptyMatch(), t: [], i: [], m: [], ...(funnel.breakdown === undefined ? {} : { b: [] }) })
+
+/** Replays every buffered event onto `base`. */
+export function replay(funnel: CompiledFunnel, track: Track): MatchState {
+  let state = track.base
+  for (let index = 0; index < track.t.length; index++) state = advance(funnel, state, track.t[index]!, track.i[index]!, track.m[index]!, track.b?.[index])
+  return state
+}
+
+/** Folds the events beyond the horizon (or the count bound) into `base`. */
+function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits): Track {
+  const count = track.t.length
+  if (count === 0) return track
+  const oldest = track.t[count - 1]! - limits.horizonMs
+  let drop = Math.max(0, count - limits.maxEvents)
+  while (drop < count && track.t[drop]! < oldest) drop++
+  if (drop === 0) return track
+  let base = track.base
+  for (let index = 0; index < drop; index++) base = advance(funnel, base, track.t[index]!, track.i[index]!, track.m[index]!, track.b?.[index])
+  return {
+    ...track, base, t: track.t.slice(drop), i: track.i.slice(drop), m: track.m.slice(drop),
+    ...(track.b ? { b: track.b.slice(drop) } : {}), cutT: track.t[drop - 1]!, cutI: track.i[drop - 1]!,
+  }
+}
+
+export type InsertOutcome = 'applied' | 'duplicate' | 'late'
+
+/**
+ * Adds one event. In (time, id) order it advances `head` directly; out of order it is placed in
+ * the buffer and `head` is replayed from `base`. Before the cut it is too late ('late', unchanged).
+ */
+export function insert(funnel: CompiledFunnel, track: Track, time: number, id: string, mask: number, breakdown: string | undefined, limits: TrackLimits): { track: Track; outcome: InsertOutcome } {
+  if (track.cutT !== undefined && !precedes(track.cutT, track.cutI!, time, id)) return { track, outcome: 'late' }
+  const count = track.t.length
+  let position = count
+  if (count > 0 && !precedes(track.t[count - 1]!, track.i[count - 1]!, time, id)) {
+    let low = 0
+    let high = count
+    while (low < high) {
+      const middle = (low + high) >> 1
+      if (precedes(track.t[middle]!, track.i[middle]!, time, id)) low = middle + 1
+      else high = middle
+    }
+    position = low
+    if (track.t[position] === time && track.i[position] === id) return { track, outcome: 'duplicate' }
+  }
+  let next: Track
+  if (position === count) {
+    next = {
+      ...track, t: [...track.t, time], i: [...track.i, id], m: [...track.m, mask], ...(track.b ? { b: [...track.b, breakdown ?? ''] } : {}),
+      head: advance(funnel, track.head, time, id, mask, track.b ? breakdown ?? '' : undefined),
+    }
+  } else {
+    const t = track.t.slice()
+    const i = track.i.slice()
+    const m = track.m.slice()
+    t.splice(position, 0, time)
+    i.splice(position, 0, id)
+    m.splice(position, 0, mask)
+    let b: string[] | undefined
+    if (track.b) {
+      b = track.b.slice()
+      b.splice(position, 0, breakdown ?? '')
+    }
+    next = { ...track, t, i, m, ...(b ? { b } : {}) }
+    next = { ...next, head: replay(funnel, next) }
+  }
+  return { track: trim(funnel, next, limits), outcome: 'applied' }
+}
+
+/** Removes buffered events by id (sessions that moved or were retracted); the same track when none is buffered. */
+export function removeEvents(funnel: CompiledFunnel, track: Track, ids: ReadonlySet<string>): Track {
+  const keep: number[] = []
+  for (let index = 0; index < track.i.length; index++) if (!ids.has(track.i[index]!)) keep.push(index)
+  if (keep.length === track.i.length) return track
+  const next: Track = {
+    ...track, t: keep.map((index) => track.t[index]!), i: keep.map((index) => track.i[index]!), m: keep.map((index) => track.m[index]!),
+    ...(track.b ? { b: keep.map((index) => track.b![index]!) } : {}),
+  }
+  return { ...next, head: replay(funnel, next) }
+}
+
+/**
+ * Two tracks of one funnel for the same person (an identity merge): the union of their buffered
+ * events, replayed. Exact when at most one of them has folded events and the other's events all
+ * come after its cut; otherwise events at or before the later cut are dropped and the other's
+ * folded best is kept as a candidate (docs/funnels.md, "Identity merges").
+ */
+export function mergeTracks(funnel: CompiledFunnel, into: Track, from: Track, limits: TrackLimits): Track {
+  const cutOf = (track: Track) => (track.cutT === undefined ? undefined : { t: track.cutT, i: track.cutI! })
+  const intoCut = cutOf(into)
+  const fromCut = cutOf(from)
+  let keeper = into
+  let other = from
+  if (fromCut && (!intoCut || precedes(intoCut.t, intoCut.i, fromCut.t, fromCut.i))) {
+    keeper = from
+    other = into
+  }
+  const cut = cutOf(keeper)
+  let base = keeper.base
+  if (other.base.best !== undefined && (base.best === undefined || better(other.base.best, base.best))) base = { ...base, best: other.base.best }
+  const t: number[] = []
+  const i: string[] = []
+  const m: number[] = []
+  const b: string[] | undefined = into.b || from.b ? [] : undefined
+  let x = 0
+  let y = 0
+  const push = (track: Track, index: number) => {
+    const time = track.t[index]!
+    const id = track.i[index]!
+    if (cut && !precedes(cut.t, cut.i, time, id)) return
+    if (t.length > 0 && t[t.length - 1] === time && i[i.length - 1] === id) return
+    t.push(time)
+    i.push(id)
+    m.push(track.m[index]!)
+    b?.push(track.b?.[index] ?? '')
+  }
+  while (x < keeper.t.length || y < other.t.length) {
+    if (y >= other.t.length || (x < keeper.t.length && !precedes(other.t[y]!, other.i[y]!, keeper.t[x]!, keeper.i[x]!))) push(keeper, x++)
+    else push(other, y++)
+  }
+  const merged: Track = {
+    v: funnel.version, n: funnel.steps, w: funnel.windowMs, base, head: base, t, i, m, ...(b ? { b } : {}),
+    ...(cut ? { cutT: cut.t, cutI: cut.i } : {}),
+  }
+  return trim(funnel, { ...merged, head: replay(funnel, merged) }, limits)
+}
