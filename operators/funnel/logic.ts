@@ -5,7 +5,7 @@ import { keyGroupOf, type Stage } from '../../topology/subjects.ts'
 import type { Emission, MergeContext, Operator, StepResult } from '../runtime/operator.ts'
 import { FUNNELS_STAGE, type FunnelProgressEnvelope } from './envelopes.ts'
 import {
-  compileFunnel, EXCLUSION_SHIFT, insert, maskOf, mergeTracks, MODE_ANY_ORDER, newTrack, removeEvents, summarize,
+  compileFunnel, EXCLUSION_SHIFT, insert, PASSIVE_BIT, maskOf, mergeTracks, MODE_ANY_ORDER, newTrack, removeEvents, summarize,
   type CompiledFunnel, type PropertyLookup, type Summary, type Track, type TrackLimits,
 } from './match.ts'
 
@@ -352,7 +352,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
         const mask = maskOf(funnel, SESSION_START, lookup)
         if (mask !== 0) {
           const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
-          const inserted = insert(funnel, track, session.start, id, mask, breakdown, limits)
+          const inserted = insert(funnel, track, session.start, id, mask | PASSIVE_BIT, breakdown, limits)
           if (inserted.outcome === 'late') late = true
           track = inserted.track
         }

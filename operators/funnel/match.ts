@@ -17,6 +17,8 @@ export type ModeCode = typeof MODE_SEQUENTIAL | typeof MODE_STRICT | typeof MODE
 
 export const EXCLUSION_SHIFT = 20
 const STEP_BITS = (1 << EXCLUSION_SHIFT) - 1
+/** Set on a session start: it can be a step or an exclusion, but it never breaks a strict attempt (it is not something the user did). */
+export const PASSIVE_BIT = 1 << 30
 
 /** With exclusions, attempts at the same level cannot replace each other (docs/funnels.md); at most this many are kept. */
 export const MAX_LIVE_ATTEMPTS = 64
@@ -270,7 +272,7 @@ export function advance(funnel: CompiledFunnel, state: MatchState, time: number,
       continue
     }
     if (mask >>> EXCLUSION_SHIFT !== 0 && exposed(funnel, attempt.l, mask)) continue // discarded: counts for nothing
-    if (strict) {
+    if (strict && (mask & PASSIVE_BIT) === 0) {
       settle(next, attempt) // broken by another event: final at its level
       continue
     }

@@ -4,7 +4,7 @@ export {
 export type { FunnelDefinitions, FunnelInput, FunnelOptions, FunnelState, SeenSession, SentProgress, UserFunnel } from './logic.ts'
 export {
   advance, better, compileFunnel, emptyMatch, filterTest, insert, maskOf, mergeTracks, newTrack, removeEvents, replay, summarize,
-  EXCLUSION_SHIFT, MAX_LIVE_ATTEMPTS, MODE_ANY_ORDER, MODE_SEQUENTIAL, MODE_STRICT,
+  EXCLUSION_SHIFT, MAX_LIVE_ATTEMPTS, PASSIVE_BIT, MODE_ANY_ORDER, MODE_SEQUENTIAL, MODE_STRICT,
 } from './match.ts'
 export type { Attempt, CompiledFunnel, InsertOutcome, MatchState, ModeCode, PropertyLookup, Summary, Track, TrackLimits } from './match.ts'
 export { FunnelProgressEnvelope, FUNNELS_STAGE } from './envelopes.ts'
