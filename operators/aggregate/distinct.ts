@@ -52,7 +52,11 @@ export function addUser(users: DistinctUsers, hash: number, options: DistinctOpt
   const at = search(users.ids, hash)
   if (at >= 0) return users
   const insertion = -at - 1
-  const ids = [...users.ids.slice(0, insertion), hash, ...users.ids.slice(insertion)]
+  // one allocation: this runs for every new user of a group
+  const ids = new Array<number>(users.ids.length + 1)
+  for (let i = 0; i < insertion; i++) ids[i] = users.ids[i]!
+  ids[insertion] = hash
+  for (let i = insertion; i < users.ids.length; i++) ids[i + 1] = users.ids[i]!
   if (ids.length > options.exactLimit) return { sketch: sketchOf(ids, options.precision) }
   return { ids }
 }

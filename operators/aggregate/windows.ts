@@ -25,10 +25,18 @@ export function windowProblem(window: AggregateWindow): string | undefined {
   return undefined
 }
 
+// most events fall on the same day as the one before: its bounds, per timezone, skip the calendar
+const lastDays = new Map<string, Readonly<WindowBounds>>()
+
 /** The local day (timezone) an instant falls on, as [start, end). */
-export function dayWindowOf(time: number, timezone: string): WindowBounds {
+export function dayWindowOf(time: number, timezone: string): Readonly<WindowBounds> {
+  const last = lastDays.get(timezone)
+  if (last && last.start <= time && time < last.end) return last
   const day = localDayOf(time, timezone)
-  return { start: startOfLocalDay(day, timezone), end: startOfLocalDay(day + 1, timezone) }
+  const bounds = { start: startOfLocalDay(day, timezone), end: startOfLocalDay(day + 1, timezone) }
+  // where clocks fall back across midnight a day is two intervals and may not contain the instant: not cached
+  if (bounds.start <= time && time < bounds.end) lastDays.set(timezone, Object.freeze(bounds))
+  return bounds
 }
 
 /**
@@ -51,7 +59,7 @@ export function hourWindowOf(time: number, timezone: string): WindowBounds {
  * Every window of `window` that contains `time`, by ascending start. Tumbling windows give one;
  * hopping windows those starting at a multiple of `hopMs` in (time − sizeMs, time].
  */
-export function windowsOf(time: number, window: AggregateWindow, timezone: string): WindowBounds[] {
+export function windowsOf(time: number, window: AggregateWindow, timezone: string): Readonly<WindowBounds>[] {
   if (window.kind === 'tumbling') {
     if (window.unit === 'day') return [dayWindowOf(time, timezone)]
     if (window.unit === 'hour') return [hourWindowOf(time, timezone)]
