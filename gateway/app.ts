@@ -10,6 +10,8 @@ import { collectorRoutes } from './routes/collector.ts'
 import { healthRoutes } from './routes/health.ts'
 import { trackerRoutes } from './routes/tracker.ts'
 import { metricsRoutes } from './routes/metrics.ts'
+import { exploreRoutes } from './routes/explore.ts'
+import { openapiPlugin } from './routes/openapi.ts'
 import { Metrics } from '../operators/runtime/metrics.ts'
 
 export interface AppOptions {
@@ -37,10 +39,13 @@ export async function buildApp(options: AppOptions) {
   await app.register(cors, { origin: '*', methods: ['GET', 'POST', 'OPTIONS'], allowedHeaders: ['content-type', 'authorization', 'content-encoding'], maxAge: 86_400 })
   await app.register(rateLimit, { global: false })
   await app.register(servicesPlugin, { services: options.services })
+  // before every route: it documents the routes registered after it
+  await app.register(openapiPlugin)
   await app.register(healthRoutes)
   await app.register(collectorRoutes, { requestsPerSecond: options.requestsPerSecond })
   await app.register(trackerRoutes)
   await app.register(metricsRoutes, { metrics: options.metrics ?? new Metrics() })
+  await app.register(exploreRoutes)
   return app
 }
 
