@@ -146,7 +146,9 @@ export function createAggregates(options: AggregateOptions): Operator<AggregateS
   /** The result of one group, as it now stands; the group with its new version. */
   function publish(state: AggregateState, window: WindowState, group: GroupState, out: Emission[]): GroupState {
     const version = group.version + 1
-    const users = countUsers(group.users)
+    const counted = countUsers(group.users)
+    // what is known for sure bounds an estimate: more users than the exact limit, no more than events
+    const users = counted.exact ? counted : { value: Math.min(group.count, Math.max(distinctOptions.exactLimit + 1, counted.value)), exact: false }
     const key = groupKeyOf(window, state.name, group.values)
     const dimensions: Record<string, string> = {}
     window.dimensions.forEach((dimension, index) => (dimensions[dimension] = group.values[index]!))

@@ -83,7 +83,7 @@ function problemsOf(emission: Emission): string[] {
   if (envelope.key !== groupKeyOf({ definition: data.definition, definitionVersion: data.definitionVersion, start: data.window.start }, data.name, values)) problems.push(`key ${envelope.key}`)
   if (envelope.id !== `aggregate:${envelope.key}:${data.partition.source}:${data.partition.keyGroup}:${data.version}`) problems.push(`id ${envelope.id}`)
   if (envelope.time !== data.window.start || envelope.source !== data.partition.source) problems.push('time or source')
-  if (data.distinctUsers > data.count && data.exact) problems.push('more users than events')
+  if (data.distinctUsers > data.count) problems.push('more users than events')
   return problems
 }
 
