@@ -321,8 +321,15 @@ function onlyFields(value: object, allowed: readonly string[], where: string): v
   if (unknown !== undefined) throw new ExploreInputError(`${where}: unknown field "${unknown}"; expected ${allowed.join(', ')}`)
 }
 
+/** Is YYYY-MM-DD at the start of `text` a day of the calendar? (Date.parse takes 2019-02-30 for March 2.) */
+function realDay(text: string): boolean {
+  const [year, month, day] = text.slice(0, 10).split('-').map(Number) as [number, number, number]
+  const date = new Date(Date.UTC(year, month - 1, day))
+  return date.getUTCFullYear() === year && date.getUTCMonth() === month - 1 && date.getUTCDate() === day
+}
+
 function parseTime(value: unknown, where: string): Date {
-  const time = typeof value === 'string' && ISO_TIME.test(value) ? Date.parse(value) : Number.NaN
+  const time = typeof value === 'string' && ISO_TIME.test(value) && realDay(value) ? Date.parse(value) : Number.NaN
   if (Number.isNaN(time)) throw new ExploreInputError(`${where}: an ISO 8601 time such as 2019-05-01T00:00:00Z is required, not ${JSON.stringify(value)}`)
   return new Date(time)
 }
