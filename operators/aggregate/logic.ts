@@ -84,7 +84,7 @@ export interface AggregateState {
   windows: WindowState[]
 }
 
-const isOrdered = (a: WindowState, b: { start: number; definition: string; definitionVersion: number }) =>
+const compareWindows = (a: WindowState, b: { start: number; definition: string; definitionVersion: number }) =>
   a.start - b.start || (a.definition < b.definition ? -1 : a.definition > b.definition ? 1 : a.definitionVersion - b.definitionVersion)
 
 function compareValues(a: readonly string[], b: readonly string[]): number {
@@ -218,10 +218,10 @@ export function createAggregates(options: AggregateOptions): Operator<AggregateS
     let high = windows.length
     while (low < high) {
       const middle = (low + high) >>> 1
-      if (isOrdered(windows[middle]!, probe) < 0) low = middle + 1
+      if (compareWindows(windows[middle]!, probe) < 0) low = middle + 1
       else high = middle
     }
-    const found = low < windows.length && isOrdered(windows[low]!, probe) === 0 ? windows[low] : undefined
+    const found = low < windows.length && compareWindows(windows[low]!, probe) === 0 ? windows[low] : undefined
     let window: WindowState
     if (found) {
       window = found
