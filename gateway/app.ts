@@ -32,6 +32,8 @@ export async function buildApp(options: AppOptions) {
     trustProxy: options.trustProxy ?? true,
     // one log line per collected event would drown everything else
     logController: new LogController({ disableRequestLogging: true }),
+    // `type: [...]` (a value of several JSON types, e.g. a filter's value) without coercing it to the first
+    ajv: { customOptions: { allowUnionTypes: true } },
   }).withTypeProvider<TypeBoxTypeProvider>()
   registerErrorHandler(app)
   await app.register(bodyPlugin)
