@@ -21,7 +21,6 @@ import { once } from 'node:events'
 import { finished } from 'node:stream/promises'
 import type pg from 'pg'
 import { from as copyFrom, type CopyStreamQuery } from 'pg-copy-streams'
-import { seededRandom } from '../operators/runtime/generator.ts'
 import { dayLabelOf, dayOfLabel, startOfLocalDay } from '../operators/profile/calendar.ts'
 import { levelOf, scoreOf, WINDOW_DAYS } from '../operators/profile/engagement.ts'
 import { DEFAULT_DAY_HISTORY } from '../operators/profile/logic.ts'
@@ -186,7 +185,28 @@ function planOf(random: () => number): Plan {
   return { tier, days, counts }
 }
 
-const userRandom = (seed: number, user: number) => seededRandom(mixSeed(seed, user, 0x5e9))
+/**
+ * sfc32 seeded per user. Not the project's mulberry32 (seededRandom): its 32-bit state is one cycle
+ * that a million users' streams would enter at random points, and ~46,000 pairs of them would
+ * overlap, the same draws shifted, so twins and repeated ids. 128 bits of state make that negligible.
+ */
+function userRandom(seed: number, user: number): () => number {
+  let a = mixSeed(seed, user, 1)
+  let b = mixSeed(seed, user, 2)
+  let c = mixSeed(seed, user, 3)
+  let d = 1
+  const next = () => {
+    const t = (((a + b) | 0) + d) | 0
+    d = (d + 1) | 0
+    a = b ^ (b >>> 9)
+    b = (c + (c << 3)) | 0
+    c = (c << 21) | (c >>> 11)
+    c = (c + t) | 0
+    return (t >>> 0) / 4294967296
+  }
+  for (let i = 0; i < 12; i++) next()
+  return next
+}
 
 /** Sum of raw counts over all users: the first pass. */
 export function rawEventTotal(options: DatasetOptions): number {
@@ -199,12 +219,14 @@ export function rawEventTotal(options: DatasetOptions): number {
 
 // 20,000,000 events need ~60,000,000 ids and times as text: table look-ups instead of toString/toISOString
 const HEX4 = Array.from({ length: 0x10000 }, (_, i) => i.toString(16).padStart(4, '0'))
-function uuid(random: () => number): string {
+/** A version-4-shaped UUID whose last 12 hex digits are `unique` (< 2^48): random-looking, never repeated. */
+function uuid(random: () => number, unique: number): string {
   const a = Math.floor(random() * 0x100000000)
   const b = Math.floor(random() * 0x100000000)
   const c = Math.floor(random() * 0x100000000)
-  const d = Math.floor(random() * 0x100000000)
-  return `${HEX4[a >>> 16]}${HEX4[a & 0xffff]}-${HEX4[b >>> 16]}-4${HEX4[b & 0xffff]!.slice(1)}-${'89ab'[c >>> 30]}${HEX4[(c >>> 16) & 0xfff]!.slice(1)}-${HEX4[c & 0xffff]}${HEX4[d >>> 16]}${HEX4[d & 0xffff]}`
+  const high = Math.floor(unique / 0x100000000)
+  const low = unique >>> 0
+  return `${HEX4[a >>> 16]}${HEX4[a & 0xffff]}-${HEX4[b >>> 16]}-4${HEX4[b & 0xffff]!.slice(1)}-${'89ab'[c >>> 30]}${HEX4[(c >>> 16) & 0xfff]!.slice(1)}-${HEX4[high & 0xffff]}${HEX4[low >>> 16]}${HEX4[low & 0xffff]}`
 }
 const TWO_DIGITS = Array.from({ length: 60 }, (_, i) => String(i).padStart(2, '0'))
 const THREE_DIGITS = Array.from({ length: 1000 }, (_, i) => String(i).padStart(3, '0'))
@@ -269,7 +291,7 @@ export function* generateUsers(options: DatasetOptions, raw: number): Generator<
     const device = DEVICES[pick(DEVICE_SUMS, random())]!
     const landing = ACQUISITION_LANDINGS[pick(LANDING_SUMS, random())]!
     const ip = `${1 + Math.floor(random() * 223)}.${Math.floor(random() * 256)}.${Math.floor(random() * 256)}.${1 + Math.floor(random() * 254)}`
-    const anonymousId = uuid(random)
+    const anonymousId = uuid(random, user)
     // an identify is the first event of a visit other than the landing: a user with one event never identifies
     const identified = random() < plan.tier.identifyChance && (days.length > 1 || counts[0]! > 1)
     const userId = identified ? `usr_${(mixSeed(seed, user, 0x1d) % 900_000_000) + 100_000_000}_${user}` : null
@@ -342,7 +364,7 @@ export function* generateUsers(options: DatasetOptions, raw: number): Generator<
         }
         const afterIdentify = identified && (dayIndex > identifyDayIndex || (dayIndex === identifyDayIndex && e >= identifyEvent))
         sequence++
-        eventRows += `${project}\t${uuid(random)}\t${iso(time)}\t${iso(time + 40 + Math.floor(random() * 400))}\t${type}\t${name}${fixed}${afterIdentify ? userId : '\\N'}\timport\t${keyGroup}\tSEG_IMPORT\t${sequence}\t${sequence}\t${properties}\t${identify ? traits : '\\N'}\t${contextHead}{"path":"${path}","url":"${SITE}${path}"}}\t{}\n`
+        eventRows += `${project}\t${uuid(random, sequence)}\t${iso(time)}\t${iso(time + 40 + Math.floor(random() * 400))}\t${type}\t${name}${fixed}${afterIdentify ? userId : '\\N'}\timport\t${keyGroup}\tSEG_IMPORT\t${sequence}\t${sequence}\t${properties}\t${identify ? traits : '\\N'}\t${contextHead}{"path":"${path}","url":"${SITE}${path}"}}\t{}\n`
         perName.set(name, (perName.get(name) ?? 0) + 1)
         if (total === 0) firstSeen = time
         lastSeen = time
@@ -415,24 +437,24 @@ export interface LoadResult {
 /**
  * Replaces the contents of the three tables with the data set. Secondary indexes and primary keys
  * are dropped first and built once at the end (several times faster than maintaining them row by
- * row); their definitions are kept in `bench_explore_index` meanwhile, so a run killed while
+ * row); their definitions are kept in `bench_explore_indexes` meanwhile, so a run killed while
  * loading still gets them back on the next load. COPY FREEZE into tables truncated in the same
  * transaction writes rows already frozen and all-visible: no vacuum pass over 20,000,000 rows.
  */
 export async function loadDataset(pool: pg.Pool, options: DatasetOptions, onProgress: (progress: LoadProgress) => void): Promise<LoadResult> {
-  await pool.query(`CREATE TABLE IF NOT EXISTS bench_explore_index (index_name text PRIMARY KEY, table_name text NOT NULL, definition text NOT NULL, is_constraint boolean NOT NULL)`)
+  await pool.query(`CREATE TABLE IF NOT EXISTS bench_explore_indexes (index_name text PRIMARY KEY, table_name text NOT NULL, definition text NOT NULL, constraint_kind text)`)
   await pool.query(
-    `INSERT INTO bench_explore_index (index_name, table_name, definition, is_constraint)
-     SELECT i.relname, t.relname, coalesce(pg_get_constraintdef(con.oid), pg_get_indexdef(i.oid)), con.oid IS NOT NULL
+    `INSERT INTO bench_explore_indexes (index_name, table_name, definition, constraint_kind)
+     SELECT i.relname, t.relname, pg_get_indexdef(i.oid), CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' WHEN 'u' THEN 'UNIQUE' END
        FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
        LEFT JOIN pg_constraint con ON con.conindid = i.oid AND con.contype IN ('p', 'u')
       WHERE t.relname = ANY($1) AND t.relnamespace = 'public'::regnamespace
      ON CONFLICT (index_name) DO NOTHING`,
     [TABLES],
   )
-  const indexes = (await pool.query<{ index_name: string; table_name: string; definition: string; is_constraint: boolean }>('SELECT * FROM bench_explore_index')).rows
+  const indexes = (await pool.query<{ index_name: string; table_name: string; definition: string; constraint_kind: string | null }>('SELECT * FROM bench_explore_indexes')).rows
   for (const index of indexes) {
-    if (index.is_constraint) await pool.query(`ALTER TABLE ${index.table_name} DROP CONSTRAINT IF EXISTS ${index.index_name}`)
+    if (index.constraint_kind) await pool.query(`ALTER TABLE ${index.table_name} DROP CONSTRAINT IF EXISTS ${index.index_name}`)
     else await pool.query(`DROP INDEX IF EXISTS ${index.index_name}`)
   }
 
@@ -465,19 +487,21 @@ export async function loadDataset(pool: pg.Pool, options: DatasetOptions, onProg
       // while the socket takes every write at once, nothing here leaves the microtask queue: let the progress timer run
       if (userCount % 2_000 === 0) await new Promise((resolve) => setImmediate(resolve))
     }
+    clearInterval(report)
+    onProgress({ events: eventCount, rows: eventCount + dayCount + userCount })
+    process.stderr.write('  every row sent; the server finishes the COPY and commits\n')
     await Promise.all(writers.map((w) => w.end()))
     for (const client of clients) await client.query('COMMIT')
   } finally {
     clearInterval(report)
     for (const client of clients) client.release()
   }
-  onProgress({ events: eventCount, rows: eventCount + dayCount + userCount })
   const copySeconds = (performance.now() - copyStarted) / 1000
 
   // the largest first, two at a time: one per core
   const indexStarted = performance.now()
   const sizes = new Map((await pool.query<{ relname: string; n: string }>(`SELECT relname, pg_relation_size(oid) AS n FROM pg_class WHERE relname = ANY($1)`, [TABLES])).rows.map((r) => [r.relname, Number(r.n)]))
-  const queue = [...indexes].sort((a, b) => (sizes.get(b.table_name) ?? 0) - (sizes.get(a.table_name) ?? 0) || Number(b.is_constraint) - Number(a.is_constraint))
+  const queue = [...indexes].sort((a, b) => (sizes.get(b.table_name) ?? 0) - (sizes.get(a.table_name) ?? 0))
   await Promise.all([0, 1].map(async () => {
     const client = await pool.connect()
     try {
@@ -485,15 +509,16 @@ export async function loadDataset(pool: pg.Pool, options: DatasetOptions, onProg
       await client.query('SET max_parallel_maintenance_workers = 0')
       for (let index = queue.shift(); index; index = queue.shift()) {
         const started = performance.now()
-        if (index.is_constraint) await client.query(`ALTER TABLE ${index.table_name} ADD CONSTRAINT ${index.index_name} ${index.definition}`)
-        else await client.query(index.definition)
+        // a key's index built by CREATE INDEX (a SHARE lock, so the table's other indexes build beside it), then adopted
+        await client.query(index.definition)
+        if (index.constraint_kind) await client.query(`ALTER TABLE ${index.table_name} ADD CONSTRAINT ${index.index_name} ${index.constraint_kind} USING INDEX ${index.index_name}`)
         process.stderr.write(`  index ${index.index_name} on ${index.table_name}: ${((performance.now() - started) / 1000).toFixed(1)} s\n`)
       }
     } finally {
       client.release()
     }
   }))
-  await pool.query('DELETE FROM bench_explore_index')
+  await pool.query('DELETE FROM bench_explore_indexes')
   const indexSeconds = (performance.now() - indexStarted) / 1000
   const analyzeStarted = performance.now()
   for (const table of TABLES) await pool.query(`VACUUM (ANALYZE) ${table}`)

@@ -4,7 +4,7 @@
  * p95; last line: JSON, worst p95 first.
  *
  *   node bench/explore.ts [--users 1000000] [--events 20000000] [--runs 30] [--warmup 3] [--seed 1]
- *                         [--keep] [--data-dir DIR] [--reload] [--pg name=value ...]
+ *                         [--keep] [--data-dir DIR] [--reload] [--pg name=value ...] [--explain]
  *
  * Loading is the slow part (minutes at full scale): `--keep` keeps the cluster in
  * data/bench-explore, `--data-dir DIR` in DIR (implies --keep), and a later run on the same
@@ -15,6 +15,7 @@
  * that noise from other work on the machine spreads over all of them. Beside them, in the same
  * rounds, two baselines: `SELECT count(*)` over the project's profiles and a primary-key look-up,
  * so a p95 can be judged against what this server does on this machine right now.
+ * `--explain` then prints, on stderr, EXPLAIN (ANALYZE, BUFFERS) of each query's slowest statement.
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -23,6 +24,7 @@ import { parseArgs } from 'node:util'
 import { createLogger } from '../config/logger.ts'
 import { openStore } from '../store/store.ts'
 import { loadDataset, type DatasetOptions } from './explore-data.ts'
+import { explainSlowest } from './explore-explain.ts'
 import { startBenchPostgres } from './explore-postgres.ts'
 import { exploreQueries } from './explore-queries.ts'
 
@@ -37,6 +39,7 @@ const { values } = parseArgs({
     'data-dir': { type: 'string' },
     reload: { type: 'boolean', default: false },
     pg: { type: 'string', multiple: true, default: [] },
+    explain: { type: 'boolean', default: false },
   },
 })
 const TARGET_P95_MS = 300
@@ -58,6 +61,9 @@ const SERVER_SETTINGS: Record<string, string> = {
   random_page_cost: '1.1',
   max_wal_size: '16GB',
   checkpoint_timeout: '30min',
+  // loading only: COPY into a table truncated in the same transaction then writes no WAL
+  wal_level: 'minimal',
+  max_wal_senders: '0',
   ...Object.fromEntries(values.pg.map((setting) => {
     const at = setting.indexOf('=')
     if (at <= 0) throw new Error(`--pg expects name=value, got ${JSON.stringify(setting)}`)
@@ -70,6 +76,13 @@ const keep = values.keep || values['data-dir'] !== undefined
 const dir = values['data-dir'] ?? (keep ? join(import.meta.dirname, '..', 'data', 'bench-explore') : await mkdtemp(join(tmpdir(), 'segstream-explore-')))
 
 const server = await startBenchPostgres(dir, SERVER_SETTINGS)
+// an interrupted run still stops its server (a kept directory stays loadable: the load resumes from scratch)
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    log(`${signal}: stopping PostgreSQL`)
+    void server.stop().finally(() => process.exit(130))
+  })
+}
 const store = await openStore({ url: server.url, target: 'postgres', poolSize: 4, statementTimeoutMs: 3_600_000, logger })
 try {
   await store.migrate()
@@ -111,7 +124,7 @@ try {
   log(`sizes with indexes: ${sizes.map((s) => `${s.name} ${Number(s.mb).toLocaleString('en')} MB`).join(', ')}`)
 
   // 2. The queries, taking turns
-  const queries = await exploreQueries(pool, dataset.project)
+  const queries = await exploreQueries(pool, { project: dataset.project, timezone: dataset.timezone, timeoutMs: 60_000 })
   const someone = (await pool.query<{ canonical_id: string }>('SELECT canonical_id FROM profiles WHERE project = $1 OFFSET $2 LIMIT 1', [dataset.project, Math.floor(dataset.users / 2)])).rows[0]!.canonical_id
   const baselines = [
     { name: 'baseline: count(*) of profiles', run: () => pool.query('SELECT count(*) FROM profiles WHERE project = $1', [dataset.project]) },
@@ -122,10 +135,13 @@ try {
   for (let round = 0; round < WARMUP + RUNS; round++) {
     for (const query of all) {
       const started = performance.now()
-      await query.run()
+      await query.run(pool)
       if (round >= WARMUP) samples.get(query.name)!.push(performance.now() - started)
     }
     if (round === WARMUP - 1 || (round >= WARMUP && (round - WARMUP + 1) % 10 === 0)) log(round < WARMUP ? `warmed up (${WARMUP} rounds)` : `${round - WARMUP + 1} / ${RUNS} rounds`)
+  }
+  if (values.explain) {
+    for (const query of queries) log(`EXPLAIN ${query.name}:\n${await explainSlowest(pool, (db) => query.run(db))}\n`)
   }
   const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!
   const round1 = (ms: number) => Math.round(ms * 10) / 10
@@ -151,6 +167,8 @@ try {
   }))
 } finally {
   await store.close()
+  // pool.end() resolves before the server has seen its clients go: a stop at once would be logged as connections lost
+  await new Promise((resolve) => setTimeout(resolve, 300))
   await server.stop()
   if (!keep) await rm(dir, { recursive: true, force: true })
 }
