@@ -1,6 +1,7 @@
 import t from 'tap'
 import pg from 'pg'
 import { decode } from '../schemas/codec.ts'
+import { countBy, listUsers, streamUsers } from '../store/explore.ts'
 import type { EventRow } from '../store/store.ts'
 import { subjectFor } from '../topology/subjects.ts'
 import { DATABASE_TARGETS } from './harness/postgres.ts'
@@ -277,6 +278,21 @@ for (const target of DATABASE_TARGETS) {
         acquisitionSource: 'newsletter', acquisitionMedium: 'email', acquisitionCampaign: 'march', device: 'tablet', browser: 'Safari', os: 'iOS', country: 'US',
         city: 'New York, "NY"', events: 300, sessions: 40, engagement: 'High', engagementScore: 90, engagementAsOf: AS_OF, traits: { plan: 'enterprise', vip: true },
       }], 'a user with every profile field')
+    })
+
+    t.test('the store functions the benchmark calls, directly on the pool', async (t) => {
+      const context = { project: 'alpha', timezone: 'Europe/Berlin' }
+      const pages: string[][] = []
+      for await (const users of await streamUsers(pool, context, { pageSize: 3 })) pages.push(users.map((u) => u.canonicalId))
+      t.same(pages, [['u01', 'u02', 'u03'], ['u04', 'u05', 'u06'], ['u07', 'u08', 'u09'], ['u10', 'u12']], 'a CSV export reads page after page, each user once')
+      const cities = await countBy(pool, context, { dimension: 'city', limit: 2 })
+      t.same(cities.groups, [{ value: 'Berlin', count: 3 }, { value: null, count: 2 }], 'limit cuts the groups')
+      t.equal(cities.groupCount, 8, 'but says how many there are: 7 cities and no city')
+      t.equal(cities.total, 11, 'and the total counts every user')
+      const first = await listUsers(pool, context, { limit: 10 })
+      const rest = await listUsers(pool, context, { limit: 10, cursor: first.nextCursor! })
+      t.same([first.users.length, rest.users.length, rest.nextCursor], [10, 1, null])
+      await t.rejects(countBy(pool, { ...context, timeoutMs: 0 }, { dimension: 'engagement' }), { code: 'SEG_EXPLORE_INVALID' })
     })
 
     t.test('CSV: by Accept header or ?format=csv, every user of the cell', async (t) => {
