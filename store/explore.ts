@@ -10,7 +10,8 @@
  * - `ExploreContext` `{ project, timezone, timeoutMs? }`: whose profiles, the project's IANA
  *   timezone (behavioural windows count its local days), the statement timeout (default 10 s).
  * - `listDimensions(db, project)` → `Dimension[]`: the built-in ones, then `trait.<name>` for
- *   every trait seen in the project.
+ *   every trait seen in the project. `listEventNames(db, project)` → the event names behavioural
+ *   conditions can match.
  * - `countBy(db, context, { dimension, filter?, limit? })` → `CountResult`: groups in the
  *   dimension's order (engagement Low→High, months ascending, others by count descending),
  *   the total, and the `asOf` behavioural conditions were measured from.
@@ -494,6 +495,28 @@ export async function listDimensions(db: Database, project: string, timeoutMs = 
       ...BUILT_IN_DIMENSIONS.map(({ column: _column, ...dimension }) => dimension),
       ...[...traits].map(([name, kind]) => ({ name: `${TRAIT_PREFIX}${name}`, kind, description: `the trait "${name}" (identify / $set), as JSON` })),
     ]
+  })
+}
+
+/** Event names behavioural conditions can use. */
+export const MAX_EVENT_NAMES = 1000
+
+/**
+ * The event names in the project's per-day counts (what behavioural conditions can match),
+ * ascending, at most `MAX_EVENT_NAMES`. A skip scan: one probe of (project, name, day) per
+ * name, however many rows each has.
+ */
+export async function listEventNames(db: Database, project: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<string[]> {
+  return readOnly(db, timeoutOf({ project, timezone: 'UTC', timeoutMs }), async (query) => {
+    const rows = (await query<{ name: string }>(
+      `WITH RECURSIVE names AS (
+         (SELECT name FROM profile_event_days WHERE project = $1 ORDER BY name LIMIT 1)
+         UNION ALL
+         SELECT (SELECT d.name FROM profile_event_days d WHERE d.project = $1 AND d.name > n.name ORDER BY d.name LIMIT 1)
+           FROM names n WHERE n.name IS NOT NULL
+       )
+       SELECT name FROM names WHERE name IS NOT NULL LIMIT $2`, [project, MAX_EVENT_NAMES])).rows
+    return rows.map((row) => row.name)
   })
 }
 

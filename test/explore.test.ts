@@ -74,6 +74,7 @@ const EVENT_DAYS: [string, string, string, string, number][] = [
   ['alpha', 'u11', '2019-12-31', 'click_event1', 10],
   ['alpha', 'u08', '2019-12-31', 'custom_event2', 4],
   ['beta', 'u01', '2019-12-31', 'click_event1', 50],
+  ['beta', 'u01', '2019-12-30', 'beta_event', 1],
 ]
 
 const COLUMNS: Record<string, (s: Seed) => unknown> = {
@@ -151,6 +152,7 @@ for (const target of DATABASE_TARGETS) {
       }
       t.match(dimensions.find((d) => d.name === 'engagement'), { name: 'engagement', kind: 'level', values: LEVELS })
       t.match(dimensions.find((d) => d.name === 'acquisition_month'), { kind: 'month' })
+      t.same(response.json().events, ['click_event1', 'custom_event2'], 'event names for behavioural conditions, this project\'s only')
       const traits = Object.fromEntries(dimensions.filter((d) => d.name.startsWith('trait.')).map((d) => [d.name, d.kind]))
       // merged_only is seen (the catalogue records what was written), beta_only is another project's
       t.same(traits, { 'trait.age': 'mixed', 'trait.merged_only': 'number', 'trait.plan': 'string', 'trait.vip': 'boolean' })

@@ -105,7 +105,10 @@ export const Dimension = Type.Object({
   description: Type.String(),
   values: Type.Optional(Type.Array(Type.String())),
 })
-export const DimensionsAnswer = Type.Object({ dimensions: Type.Array(Dimension) })
+export const DimensionsAnswer = Type.Object({
+  dimensions: Type.Array(Dimension),
+  events: Type.Array(Type.String(), { description: 'event names behavioural conditions can match (those in the last 90 days of some profile), ascending, at most 1000' }),
+})
 
 export const SegmentBody = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 200 }),

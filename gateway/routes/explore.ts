@@ -5,7 +5,7 @@ import type { FastifyError, FastifyRequest } from 'fastify'
 import { publishControl } from '../../operators/runtime/control.ts'
 import type { Project } from '../../projects/model.ts'
 import {
-  countBy, createSegment, deleteSegment, ExploreInputError, ExploreTimeoutError, getSegment, listDimensions, listSegments, listUsers, streamUsers,
+  countBy, createSegment, deleteSegment, ExploreInputError, ExploreTimeoutError, getSegment, listDimensions, listEventNames, listSegments, listUsers, streamUsers,
   type ExploreContext, type Filter, type Segment,
 } from '../../store/explore.ts'
 import { BadRequestError, UnauthorizedError } from '../errors.ts'
@@ -52,10 +52,10 @@ export const exploreRoutes: FastifyPluginAsyncTypebox = async (app) => {
     }).then(() => {})
 
   app.get('/v1/dimensions', {
-    schema: { summary: 'Every dimension users can be counted or filtered by', tags: ['explore'], security, response: { 200: DimensionsAnswer, ...errors } },
+    schema: { summary: 'Every dimension users can be counted or filtered by, and the event names behavioural conditions can match', tags: ['explore'], security, response: { 200: DimensionsAnswer, ...errors } },
   }, async (request) => {
     const project = authenticate(request)
-    return { dimensions: await listDimensions(db(), project.id) }
+    return { dimensions: await listDimensions(db(), project.id), events: await listEventNames(db(), project.id) }
   })
 
   app.post('/v1/explore/counts', {
