@@ -3,6 +3,7 @@ import { funnelDefinitionProblems, type FunnelDefinition, type FunnelProgress, t
 import type { Session } from '../../schemas/session.ts'
 import { keyGroupOf, type Stage } from '../../topology/subjects.ts'
 import type { Emission, MergeContext, Operator, StepResult } from '../runtime/operator.ts'
+import { DEFAULT_HORIZON_MS as SESSION_HORIZON_MS, DEFAULT_MAX_SESSIONS } from '../sessionize/logic.ts'
 import { FUNNELS_STAGE, type FunnelProgressEnvelope } from './envelopes.ts'
 import {
   compileFunnel, EXCLUSION_SHIFT, insert, PASSIVE_BIT, maskOf, mergeTracks, MODE_ANY_ORDER, newTrack, removeEvents, summarize,
@@ -12,8 +13,8 @@ import {
 const MINUTE = 60_000
 const DAY = 24 * 60 * MINUTE
 
-/** How far behind a user's newest event (per funnel) events are kept, so that late ones apply exactly. */
-export const DEFAULT_FUNNEL_HORIZON_MS = 7 * DAY
+/** How far behind the watermark events are kept, so that late ones apply exactly. */
+export const DEFAULT_FUNNEL_HORIZON_MS = DAY
 /** Most events kept per (user, funnel); beyond it the oldest are folded early. */
 export const DEFAULT_MAX_EVENTS = 256
 /** The step id: control messages for funnels carry it, and its state bucket is `seg_state_funnel`. */
@@ -28,12 +29,19 @@ const MAX_REMEMBERED_NAMES = 10_000
 export interface FunnelOptions {
   /** Key groups of the installation: the `funnels` stage is routed by canonical user id. */
   keyGroups: number
-  /** Events kept behind the user's newest one per funnel, ms of event time. Default 7 days (`DEFAULT_FUNNEL_HORIZON_MS`). */
+  /**
+   * Events are kept while less than this far behind the watermark, ms of event time; an event that
+   * arrives later than that is not applied (`late`). Default 1 day (`DEFAULT_FUNNEL_HORIZON_MS`).
+   */
   horizonMs?: number
   /** Events kept per (user, funnel). Default 256 (`DEFAULT_MAX_EVENTS`). */
   maxEvents?: number
   /** Count events of bots (`context.bot`). Default false, as sessionize and profile. */
   countBots?: boolean
+  /** Sessionize's `horizonMs` (default 7 days): sessions it may still announce again. Must match the sessionize step's. */
+  sessionHorizonMs?: number
+  /** Sessionize's `maxSessions` (default 50). Must match the sessionize step's. */
+  maxTrackedSessions?: number
 }
 
 export type FunnelInput =
@@ -77,6 +85,8 @@ export interface FunnelState {
   /** Of the last input that changed the state: what a timer's messages carry. */
   source: Source
   origin: Origin
+  /** The definitions (ids and versions) the entries were last reconciled with. */
+  d?: string
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -110,6 +120,8 @@ interface CompiledProject {
   byName: Map<string, CompiledFunnel[]>
   /** Funnels with a `$session_start` step or exclusion. */
   sessions: CompiledFunnel[]
+  /** The funnel ids and versions: a state reconciled with these needs no look at its entries. */
+  stamp: string
 }
 
 // A cache of compiled matchers per definitions object: the definitions are replaced, never changed,
@@ -124,6 +136,7 @@ function compiledOf(definitions: unknown): CompiledProject | undefined {
     project = {
       funnels, byId: new Map(funnels.map((funnel) => [funnel.id, funnel])), byName: new Map(),
       sessions: funnels.filter((funnel) => funnel.conditions.has(SESSION_START)),
+      stamp: funnels.map((funnel) => `${funnel.id}@${funnel.version}`).join(' '),
     }
     compiledCache.set(definitions, project)
   }
@@ -192,10 +205,21 @@ function startsAttempt(funnel: CompiledFunnel, mask: number) {
 // ---------------------------------------------------------------------------------------------
 // Publishing
 
-interface Owner {
-  canonicalId: string
-  project: string
-  keyGroup: number
+/** Where a user's messages go; the key group is hashed only when a message is published. */
+class Owner {
+  readonly canonicalId: string
+  readonly project: string
+  readonly #keyGroups: number
+  #keyGroup = -1
+  constructor(canonicalId: string, project: string, keyGroups: number) {
+    this.canonicalId = canonicalId
+    this.project = project
+    this.#keyGroups = keyGroups
+  }
+  get keyGroup(): number {
+    if (this.#keyGroup < 0) this.#keyGroup = keyGroupOf(this.canonicalId, this.#keyGroups)
+    return this.#keyGroup
+  }
 }
 
 /** The one place the progress envelope meets the runtime's types: the `funnels` stage is not in topology/subjects.ts yet. */
@@ -232,9 +256,12 @@ function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source'
   const summary = summarize(track.head, track.n, track.w, watermark)
   const sent = entry.sent
   const unchanged = sent
-    ? sent.l === summary.level && sent.s === summary.status && sent.b === summary.breakdown && sameTimes(sent.tt, summary.stepTimes)
+    ? sent.l === summary.level && sent.s === summary.status && sent.b === summary.breakdown && (sent.tt === summary.stepTimes || sameTimes(sent.tt, summary.stepTimes))
     : summary.level === 0
-  const next: UserFunnel = { track, ...(unchanged ? optionalSent(sent) : { sent: publish(out, owner, state, { id, version: track.v, steps: track.n }, sent, summary) }) }
+  if (unchanged && entry.wake === summary.wakeAt) return entry
+  const next: UserFunnel = { track }
+  const nextSent = unchanged ? sent : publish(out, owner, state, { id, version: track.v, steps: track.n }, sent, summary)
+  if (nextSent !== undefined) next.sent = nextSent
   if (summary.wakeAt !== undefined) next.wake = summary.wakeAt
   return next
 }
@@ -255,7 +282,9 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     horizonMs: options.horizonMs ?? DEFAULT_FUNNEL_HORIZON_MS,
     maxEvents: Math.max(1, options.maxEvents ?? DEFAULT_MAX_EVENTS),
   }
-  const ownerOf = (canonicalId: string, project: string): Owner => ({ canonicalId, project, keyGroup: keyGroupOf(canonicalId, options.keyGroups) })
+  const sessionHorizonMs = options.sessionHorizonMs ?? SESSION_HORIZON_MS
+  const maxTrackedSessions = Math.max(1, options.maxTrackedSessions ?? DEFAULT_MAX_SESSIONS)
+  const ownerOf = (canonicalId: string, project: string) => new Owner(canonicalId, project, options.keyGroups)
 
   const empty = (): FunnelState => ({ canonicalId: '', project: '', funnels: {}, sessions: {}, source: 'live', origin: { stream: '', seq: 0 } })
 
@@ -281,6 +310,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
 
   /** Drops the entries of funnels deleted or redefined since; undefined when nothing is left. */
   function reconcile(state: FunnelState, project: CompiledProject | undefined): FunnelState | undefined {
+    if (project !== undefined && state.d === project.stamp) return state
     let funnels = state.funnels
     for (const id in state.funnels) {
       if (project?.byId.get(id)?.version !== state.funnels[id]!.track.v) {
@@ -290,7 +320,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     }
     const sessions = project && project.sessions.length > 0 ? state.sessions : {}
     if (Object.keys(funnels).length === 0 && Object.keys(sessions).length === 0) return undefined
-    return funnels === state.funnels && sessions === state.sessions ? state : { ...state, funnels, sessions }
+    return { ...state, funnels, sessions, ...(project ? { d: project.stamp } : {}) }
   }
 
   function onEnriched(state: FunnelState, project: CompiledProject, envelope: EnrichedEventEnvelope, origin: Origin, watermark: number): StepResult<FunnelState> {
@@ -310,7 +340,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       if (mask === 0 && !funnel.everyEvent) continue
       const entry = entryOf(state, funnel)
       const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
-      const { track, outcome } = insert(funnel, entry.track, time, id, mask, breakdown, limits)
+      const { track, outcome } = insert(funnel, entry.track, time, id, mask, breakdown, limits, watermark)
       if (outcome === 'late') late = true
       if (outcome !== 'applied') continue
       funnels ??= { ...state.funnels }
@@ -320,7 +350,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     if (funnels === undefined) return late ? { ...unchanged(state), late } : unchanged(state)
     const next: FunnelState = {
       canonicalId: state.canonicalId || envelope.data.canonicalId, project: state.project || envelope.project,
-      funnels, sessions: state.sessions, source: envelope.source, origin,
+      funnels, sessions: state.sessions, source: envelope.source, origin, d: project.stamp,
     }
     return finish(next, touched, watermark, late)
   }
@@ -336,7 +366,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     else sessions[session.sessionId] = { v: version, t: session.start }
     const base: FunnelState = {
       canonicalId: state.canonicalId || session.canonicalId, project: state.project || envelope.project,
-      funnels: state.funnels, sessions: pruneSessions(sessions, limits.horizonMs), source: envelope.source, origin,
+      funnels: state.funnels, sessions: pruneSessions(sessions, sessionHorizonMs, maxTrackedSessions), source: envelope.source, origin, d: project.stamp,
     }
     if (known && !retracted && known.t === session.start) return withWakeAt(base, []) // a later version, same start: the step event is unchanged
     const id = `${SESSION_EVENT_PREFIX}${session.sessionId}`
@@ -352,7 +382,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
         const mask = maskOf(funnel, SESSION_START, lookup)
         if (mask !== 0) {
           const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
-          const inserted = insert(funnel, track, session.start, id, mask | PASSIVE_BIT, breakdown, limits)
+          const inserted = insert(funnel, track, session.start, id, mask | PASSIVE_BIT, breakdown, limits, watermark)
           if (inserted.outcome === 'late') late = true
           track = inserted.track
         }
@@ -429,13 +459,13 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
           continue
         }
         const moved = reannounced.size > 0 ? removeEvents(funnel, theirs.track, reannounced) : theirs.track
-        const track = mine ? mergeTracks(funnel, mine.track, moved, limits) : moved
+        const track = mine ? mergeTracks(funnel, mine.track, moved, limits, context.watermark) : moved
         funnels[funnel.id] = { track, ...optionalSent(mine?.sent) }
         touched.push(funnel.id)
       }
       const sessions = project && project.sessions.length > 0 ? base.sessions : {}
       if (Object.keys(funnels).length === 0 && Object.keys(sessions).length === 0) return { state: undefined, emit: out }
-      const state: FunnelState = { ...base, canonicalId: context.into, project: projectId, funnels, sessions }
+      const state: FunnelState = { ...base, canonicalId: context.into, project: projectId, funnels, sessions, ...(project ? { d: project.stamp } : {}) }
       const owner = ownerOf(context.into, projectId)
       for (const id of touched) state.funnels[id] = report(out, owner, state, id, state.funnels[id]!, context.watermark)
       return withWakeAt(state, out)
@@ -443,15 +473,13 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
   }
 }
 
-/** Keeps the session starts within the horizon of the newest one. */
-function pruneSessions(sessions: Record<string, SeenSession>, horizonMs: number): Record<string, SeenSession> {
+/** Keeps the session starts sessionize may still announce again: within its horizon of the newest, at most its count. */
+function pruneSessions(sessions: Record<string, SeenSession>, horizonMs: number, maxSessions: number): Record<string, SeenSession> {
+  const ids = Object.keys(sessions)
   let newest = Number.NEGATIVE_INFINITY
-  for (const id in sessions) newest = Math.max(newest, sessions[id]!.t)
-  let pruned = sessions
-  for (const id in sessions) {
-    if (sessions[id]!.t >= newest - horizonMs) continue
-    if (pruned === sessions) pruned = { ...sessions }
-    delete pruned[id]
-  }
-  return pruned
+  for (const id of ids) newest = Math.max(newest, sessions[id]!.t)
+  let kept = ids.filter((id) => sessions[id]!.t >= newest - horizonMs)
+  if (kept.length > maxSessions) kept = kept.sort((a, b) => sessions[b]!.t - sessions[a]!.t || (a < b ? -1 : 1)).slice(0, maxSessions)
+  if (kept.length === ids.length) return sessions
+  return Object.fromEntries(kept.map((id) => [id, sessions[id]!]))
 }

@@ -241,6 +241,11 @@ function prune(funnel: CompiledFunnel, state: MatchState, live: Attempt[]): Atte
   return kept.reverse()
 }
 
+function attemptOf(s: number, sid: string, l: number, d: number, tt: number[], ct: number, cid: string, b: string | undefined): Attempt {
+  // one shape for every attempt (an optional field left out rather than undefined: msgpack would store nil)
+  return b === undefined ? { s, sid, l, d, tt, ct, cid } : { s, sid, l, d, tt, ct, cid, b }
+}
+
 /**
  * Applies one event, later in (time, id) than every event already processed, to a copy of
  * `state` (the input is not changed; attempts are shared, never mutated).
@@ -252,38 +257,48 @@ export function advance(funnel: CompiledFunnel, state: MatchState, time: number,
   const anyOrder = funnel.mode === MODE_ANY_ORDER
   const strict = funnel.mode === MODE_STRICT
   const stepMask = mask & STEP_BITS
-  const live: Attempt[] = []
-  for (const attempt of state.live) {
+  const old = state.live
+  // copied at the first attempt that changes: most events leave every attempt as it was
+  let live: Attempt[] | undefined
+  for (let index = 0; index < old.length; index++) {
+    const attempt = old[index]!
+    let kept: Attempt | undefined = attempt
     if (attempt.s + windowMs < time) {
       settle(next, attempt) // its window closed before this event
-      continue
+      kept = undefined
+    } else {
+      let bit = 0
+      if (anyOrder) {
+        const free = stepMask & ~attempt.d
+        bit = free & -free
+      } else if ((stepMask & (1 << attempt.l)) !== 0) {
+        bit = 1 << attempt.l
+      }
+      if (bit !== 0) {
+        const tt = attempt.tt.slice()
+        tt.push(time)
+        const advanced = attemptOf(attempt.s, attempt.sid, attempt.l + 1, anyOrder ? attempt.d | bit : 0, tt, time, id, attempt.b)
+        if (advanced.l === funnel.steps) {
+          settle(next, advanced)
+          kept = undefined
+        } else {
+          kept = advanced
+        }
+      } else if (mask >>> EXCLUSION_SHIFT !== 0 && exposed(funnel, attempt.l, mask)) {
+        kept = undefined // discarded: counts for nothing
+      } else if (strict && (mask & PASSIVE_BIT) === 0) {
+        settle(next, attempt) // broken by another event: final at its level
+        kept = undefined
+      }
     }
-    let bit = 0
-    if (anyOrder) {
-      const free = stepMask & ~attempt.d
-      bit = free & -free
-    } else if ((stepMask & (1 << attempt.l)) !== 0) {
-      bit = 1 << attempt.l
-    }
-    if (bit !== 0) {
-      const advanced: Attempt = { ...attempt, l: attempt.l + 1, d: anyOrder ? attempt.d | bit : 0, tt: [...attempt.tt, time], ct: time, cid: id }
-      if (advanced.l === funnel.steps) settle(next, advanced)
-      else live.push(advanced)
-      continue
-    }
-    if (mask >>> EXCLUSION_SHIFT !== 0 && exposed(funnel, attempt.l, mask)) continue // discarded: counts for nothing
-    if (strict && (mask & PASSIVE_BIT) === 0) {
-      settle(next, attempt) // broken by another event: final at its level
-      continue
-    }
-    live.push(attempt)
+    if (kept !== attempt && live === undefined) live = old.slice(0, index)
+    if (live !== undefined && kept !== undefined) live.push(kept)
   }
   if (stepMask !== 0 && (anyOrder || (stepMask & 1) !== 0)) {
-    const bit = anyOrder ? stepMask & -stepMask : 1
-    const started: Attempt = { s: time, sid: id, l: 1, d: anyOrder ? bit : 0, tt: [time], ct: time, cid: id, ...(breakdown === undefined ? {} : { b: breakdown }) }
-    live.push(started)
+    live ??= old.slice()
+    live.push(attemptOf(time, id, 1, anyOrder ? stepMask & -stepMask : 0, [time], time, id, breakdown))
   }
-  next.live = prune(funnel, next, live)
+  if (live !== undefined) next.live = prune(funnel, next, live)
   return next
 }
 
@@ -301,14 +316,26 @@ export interface Summary {
 /** The user's result as of `watermark`: the counted attempt and whether it can still go further. */
 export function summarize(state: MatchState, steps: number, windowMs: number, watermark: number): Summary {
   let top = state.best
-  for (const attempt of state.live) if (top === undefined || better(attempt, top)) top = attempt
-  const asOf = Math.max(watermark, state.nt ?? Number.NEGATIVE_INFINITY)
+  const live = state.live
+  for (let index = 0; index < live.length; index++) if (top === undefined || better(live[index]!, top)) top = live[index]!
+  const asOf = state.nt !== undefined && state.nt > watermark ? state.nt : watermark
   if (top === undefined) return { level: 0, status: 'none', stepTimes: [], asOf }
-  const base = { level: top.l, stepTimes: top.tt, asOf, ...(top.b === undefined || top.b === '' ? {} : { breakdown: top.b }) }
-  if (top.l === steps) return { ...base, status: 'converted' }
+  const summary: Summary = { level: top.l, status: 'dropped', stepTimes: top.tt, asOf }
+  if (top.b !== undefined && top.b !== '') summary.breakdown = top.b
+  if (top.l === steps) {
+    summary.status = 'converted'
+    return summary
+  }
   let deadline = Number.NEGATIVE_INFINITY
-  for (const attempt of state.live) if (attempt.l === top.l && attempt.s + windowMs > deadline) deadline = attempt.s + windowMs
-  return deadline >= asOf ? { ...base, status: 'in_progress', wakeAt: deadline + 1 } : { ...base, status: 'dropped' }
+  for (let index = 0; index < live.length; index++) {
+    const attempt = live[index]!
+    if (attempt.l === top.l && attempt.s + windowMs > deadline) deadline = attempt.s + windowMs
+  }
+  if (deadline >= asOf) {
+    summary.status = 'in_progress'
+    summary.wakeAt = deadline + 1
+  }
+  return summary
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +364,7 @@ export interface Track {
 }
 
 export interface TrackLimits {
-  /** Events are kept this long behind the newest one, ms of event time. */
+  /** Events are kept while they are less than this far behind the watermark, ms of event time. */
   horizonMs: number
   /** At most this many events kept. */
   maxEvents: number
@@ -353,11 +380,11 @@ export function replay(funnel: CompiledFunnel, track: Track): MatchState {
   return state
 }
 
-/** Folds the events beyond the horizon (or the count bound) into `base`. */
-function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits): Track {
+/** Folds the events more than the horizon behind the watermark (and those beyond the count bound) into `base`. */
+function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits, watermark: number): Track {
   const count = track.t.length
   if (count === 0) return track
-  const oldest = track.t[count - 1]! - limits.horizonMs
+  const oldest = watermark - limits.horizonMs
   let drop = Math.max(0, count - limits.maxEvents)
   while (drop < count && track.t[drop]! < oldest) drop++
   if (drop === 0) return track
@@ -375,7 +402,9 @@ export type InsertOutcome = 'applied' | 'duplicate' | 'late'
  * Adds one event. In (time, id) order it advances `head` directly; out of order it is placed in
  * the buffer and `head` is replayed from `base`. Before the cut it is too late ('late', unchanged).
  */
-export function insert(funnel: CompiledFunnel, track: Track, time: number, id: string, mask: number, breakdown: string | undefined, limits: TrackLimits): { track: Track; outcome: InsertOutcome } {
+export function insert(
+  funnel: CompiledFunnel, track: Track, time: number, id: string, mask: number, breakdown: string | undefined, limits: TrackLimits, watermark: number,
+): { track: Track; outcome: InsertOutcome } {
   if (track.cutT !== undefined && !precedes(track.cutT, track.cutI!, time, id)) return { track, outcome: 'late' }
   const count = track.t.length
   let position = count
@@ -411,7 +440,7 @@ export function insert(funnel: CompiledFunnel, track: Track, time: number, id: s
     next = { ...track, t, i, m, ...(b ? { b } : {}) }
     next = { ...next, head: replay(funnel, next) }
   }
-  return { track: trim(funnel, next, limits), outcome: 'applied' }
+  return { track: trim(funnel, next, limits, watermark), outcome: 'applied' }
 }
 
 /** Removes buffered events by id (sessions that moved or were retracted); the same track when none is buffered. */
@@ -426,13 +455,28 @@ export function removeEvents(funnel: CompiledFunnel, track: Track, ids: Readonly
   return { ...next, head: replay(funnel, next) }
 }
 
+/** Two match states of different event logs side by side: their attempts together (pruned as usual) and the better best. */
+function combine(funnel: CompiledFunnel, a: MatchState, b: MatchState): MatchState {
+  const state: MatchState = { live: [] }
+  const best = a.best && b.best ? (better(a.best, b.best) ? a.best : b.best) : a.best ?? b.best
+  if (best !== undefined) state.best = best
+  const newest = a.nt !== undefined && (b.nt === undefined || precedes(b.nt, b.nid!, a.nt, a.nid!)) ? a : b
+  if (newest.nt !== undefined) {
+    state.nt = newest.nt
+    state.nid = newest.nid!
+  }
+  const live = [...a.live, ...b.live].sort((x, y) => (precedes(x.s, x.sid, y.s, y.sid) ? -1 : 1))
+  state.live = prune(funnel, state, live)
+  return state
+}
+
 /**
- * Two tracks of one funnel for the same person (an identity merge): the union of their buffered
- * events, replayed. Exact when at most one of them has folded events and the other's events all
- * come after its cut; otherwise events at or before the later cut are dropped and the other's
- * folded best is kept as a candidate (docs/funnels.md, "Identity merges").
+ * Two tracks of one funnel for the same person (an identity merge): the union of their events,
+ * replayed. Exact when at most one of them has folded events and the other's events all come
+ * after its cut. Otherwise the history before the later cut is combined attempt by attempt (each
+ * side's attempts kept, the better best) rather than replayed together (docs/funnels.md, "Identity merges").
  */
-export function mergeTracks(funnel: CompiledFunnel, into: Track, from: Track, limits: TrackLimits): Track {
+export function mergeTracks(funnel: CompiledFunnel, into: Track, from: Track, limits: TrackLimits, watermark: number): Track {
   const cutOf = (track: Track) => (track.cutT === undefined ? undefined : { t: track.cutT, i: track.cutI! })
   const intoCut = cutOf(into)
   const fromCut = cutOf(from)
@@ -444,23 +488,31 @@ export function mergeTracks(funnel: CompiledFunnel, into: Track, from: Track, li
   }
   const cut = cutOf(keeper)
   let base = keeper.base
-  if (other.base.best !== undefined && (base.best === undefined || better(other.base.best, base.best))) base = { ...base, best: other.base.best }
+  let otherFrom = 0
+  if (cut) {
+    // the other's events up to the cut: folded on their side, then the two histories side by side
+    let otherBase = other.base
+    while (otherFrom < other.t.length && !precedes(cut.t, cut.i, other.t[otherFrom]!, other.i[otherFrom]!)) {
+      otherBase = advance(funnel, otherBase, other.t[otherFrom]!, other.i[otherFrom]!, other.m[otherFrom]!, other.b?.[otherFrom])
+      otherFrom++
+    }
+    if (otherBase.nt !== undefined || otherBase.best !== undefined || otherBase.live.length > 0) base = combine(funnel, base, otherBase)
+  }
   const t: number[] = []
   const i: string[] = []
   const m: number[] = []
   const b: string[] | undefined = into.b || from.b ? [] : undefined
-  let x = 0
-  let y = 0
   const push = (track: Track, index: number) => {
     const time = track.t[index]!
     const id = track.i[index]!
-    if (cut && !precedes(cut.t, cut.i, time, id)) return
     if (t.length > 0 && t[t.length - 1] === time && i[i.length - 1] === id) return
     t.push(time)
     i.push(id)
     m.push(track.m[index]!)
     b?.push(track.b?.[index] ?? '')
   }
+  let x = 0
+  let y = otherFrom
   while (x < keeper.t.length || y < other.t.length) {
     if (y >= other.t.length || (x < keeper.t.length && !precedes(other.t[y]!, other.i[y]!, keeper.t[x]!, keeper.i[x]!))) push(keeper, x++)
     else push(other, y++)
@@ -469,5 +521,5 @@ export function mergeTracks(funnel: CompiledFunnel, into: Track, from: Track, li
     v: funnel.version, n: funnel.steps, w: funnel.windowMs, base, head: base, t, i, m, ...(b ? { b } : {}),
     ...(cut ? { cutT: cut.t, cutI: cut.i } : {}),
   }
-  return trim(funnel, { ...merged, head: replay(funnel, merged) }, limits)
+  return trim(funnel, { ...merged, head: replay(funnel, merged) }, limits, watermark)
 }
