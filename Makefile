@@ -8,7 +8,7 @@ ROOT := $(CURDIR)
 export PATH := $(ROOT)/node_modules/.bin:$(ROOT)/.tools/bin:/usr/local/go/bin:$(PATH)
 export GOBIN := $(ROOT)/.tools/bin
 
-.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench bench-ingest bench-runtime bench-explore
+.PHONY: setup up test test-chaos typecheck graph browser clean-data help bench bench-ingest bench-runtime bench-explore bench-funnels
 
 help:
 	@echo "make up        run the local stack (nats-server, database, operators, gateway on :8080)"
@@ -16,6 +16,7 @@ help:
 	@echo "make graph     print the dataflow as Mermaid"
 	@echo "make bench     end to end: collector -> enrich -> sessionize -> sink (about 8 minutes)"
 	@echo "make bench-explore  exploration queries on 1,000,000 users and 20,000,000 events loaded by COPY"
+	@echo "make bench-funnels  funnel operator logic alone: 10 funnels, 100,000 users, seeded events (pure_events_per_s)"
 
 setup: node_modules/.installed .tools/nats-server-$(NATS_SERVER_VERSION) .tools/postgresql.ok
 
@@ -80,3 +81,6 @@ bench-runtime: setup
 
 bench-explore: setup
 	node bench/explore.ts $(BENCH_ARGS)
+
+bench-funnels: setup
+	node bench/funnels.ts $(BENCH_ARGS)
