@@ -68,10 +68,11 @@ export interface UserFunnel {
   wake?: number
 }
 
-/** A session start seen on the sessions stage: its last version and start. */
+/** A session seen on the sessions stage: its last version and start, and whether it was retracted (kept so older versions stay ignored). */
 export interface SeenSession {
   v: number
   t: number
+  r?: true
 }
 
 /** A user's state: one track per active funnel that concerns them. Plain data; bounds in docs/funnels.md. */
@@ -300,7 +301,8 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     return result
   }
 
-  const unchanged = (state: FunnelState): StepResult<FunnelState> => (state.canonicalId === '' ? { state: undefined, emit: [] } : withWakeAt(state, []))
+  /** Nothing changed: a user with nothing tracked keeps no state at all. */
+  const unchanged = (state: FunnelState): StepResult<FunnelState> => (isEmpty(state) ? { state: undefined, emit: [] } : withWakeAt(state, []))
 
   /** The user's entry for a funnel under its current definition (a new version starts afresh). */
   const entryOf = (state: FunnelState, funnel: CompiledFunnel): UserFunnel => {
@@ -308,8 +310,8 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     return entry && entry.track.v === funnel.version ? entry : { track: newTrack(funnel) }
   }
 
-  /** Drops the entries of funnels deleted or redefined since; undefined when nothing is left. */
-  function reconcile(state: FunnelState, project: CompiledProject | undefined): FunnelState | undefined {
+  /** Drops the entries of funnels deleted or redefined since. */
+  function reconcile(state: FunnelState, project: CompiledProject | undefined): FunnelState {
     if (project !== undefined && state.d === project.stamp) return state
     let funnels = state.funnels
     for (const id in state.funnels) {
@@ -319,7 +321,6 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       }
     }
     const sessions = project && project.sessions.length > 0 ? state.sessions : {}
-    if (Object.keys(funnels).length === 0 && Object.keys(sessions).length === 0) return undefined
     return { ...state, funnels, sessions, ...(project ? { d: project.stamp } : {}) }
   }
 
@@ -360,15 +361,13 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     const { name, version, session } = envelope.data
     const known = Object.hasOwn(state.sessions, session.sessionId) ? state.sessions[session.sessionId] : undefined
     if (known ? version <= known.v : name === '$session_retract') return unchanged(state)
-    const sessions = { ...state.sessions }
     const retracted = name === '$session_retract'
-    if (retracted) delete sessions[session.sessionId]
-    else sessions[session.sessionId] = { v: version, t: session.start }
+    const sessions = { ...state.sessions, [session.sessionId]: retracted ? { v: version, t: session.start, r: true as const } : { v: version, t: session.start } }
     const base: FunnelState = {
       canonicalId: state.canonicalId || session.canonicalId, project: state.project || envelope.project,
       funnels: state.funnels, sessions: pruneSessions(sessions, sessionHorizonMs, maxTrackedSessions), source: envelope.source, origin, d: project.stamp,
     }
-    if (known && !retracted && known.t === session.start) return withWakeAt(base, []) // a later version, same start: the step event is unchanged
+    if (known && !known.r && !retracted && known.t === session.start) return withWakeAt(base, []) // a later version, same start: the step event is unchanged
     const id = `${SESSION_EVENT_PREFIX}${session.sessionId}`
     const lookup = sessionLookup(session)
     const funnels = { ...state.funnels }
@@ -377,7 +376,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     for (const funnel of project.sessions) {
       let entry = entryOf(state, funnel)
       let track = entry.track
-      if (known) track = removeEvents(funnel, track, new Set([id]))
+      if (known && !known.r) track = removeEvents(funnel, track, new Set([id]))
       if (!retracted) {
         const mask = maskOf(funnel, SESSION_START, lookup)
         if (mask !== 0) {
@@ -413,11 +412,9 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     onControl: applyFunnelControl,
     onEvent(state, input, context) {
       const project = compiledOf(context.control)
+      // no funnel is active: nothing to keep
+      if (project === undefined || project.funnels.length === 0) return { state: undefined, emit: [] }
       const current = state.canonicalId === '' ? state : reconcile(state, project)
-      if (project === undefined || project.funnels.length === 0 || current === undefined) {
-        // no funnel is active: nothing to keep
-        return current === undefined || project === undefined || project.funnels.length === 0 ? { state: undefined, emit: [] } : unchanged(current)
-      }
       return input.envelope.type === 'enriched_event'
         ? onEnriched(current, project, input.envelope, input.origin, context.watermark)
         : onSession(current, project, input.envelope, input.origin, context.watermark)
@@ -447,7 +444,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
         publish(out, fromOwner, from, { id, version: entry.track.v, steps: entry.track.n }, entry.sent, none, context.into)
       }
       // sessionize announces the anonymous id's sessions again under the user, with new ids
-      const reannounced = new Set(Object.keys(from.sessions).map((sessionId) => `${SESSION_EVENT_PREFIX}${sessionId}`))
+      const reannounced = new Set(Object.keys(from.sessions).filter((sessionId) => !from.sessions[sessionId]!.r).map((sessionId) => `${SESSION_EVENT_PREFIX}${sessionId}`))
       const base: FunnelState = into ?? { ...empty(), canonicalId: context.into, project: projectId, source: from.source, origin: from.origin }
       const funnels: Record<string, UserFunnel> = {}
       const touched: string[] = []
@@ -471,6 +468,12 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       return withWakeAt(state, out)
     },
   }
+}
+
+function isEmpty(state: FunnelState): boolean {
+  for (const _ in state.funnels) return false
+  for (const _ in state.sessions) return false
+  return true
 }
 
 /** Keeps the session starts sessionize may still announce again: within its horizon of the newest, at most its count. */
