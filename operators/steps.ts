@@ -19,8 +19,9 @@ import { startInstance, type Failpoint } from './runtime/instance.ts'
 import type { Metrics } from './runtime/metrics.ts'
 import type { Operator } from './runtime/operator.ts'
 import { runSink } from './runtime/run-sink.ts'
+import { createProfile } from './profile/logic.ts'
 import { createSessionize } from './sessionize/logic.ts'
-import { eventsSinkItemOf, sessionRowOf } from './sink/rows.ts'
+import { eventsSinkItemOf, profileRowOf, sessionRowOf } from './sink/rows.ts'
 
 export interface StepContext {
   nc: NatsConnection
@@ -59,6 +60,11 @@ export const OPERATORS: Record<string, (context: StepContext) => Operator<any, a
     return createEnrich({ keyGroups: context.keyGroups, contextOf: (message) => contextOf(message, dependencies) })
   },
   sessionize: (context) => createSessionize({ keyGroups: context.keyGroups, gapMsOf: (project) => settingsOf(context, project).sessionGapMs }),
+  profile: (context) => createProfile({
+    keyGroups: context.keyGroups,
+    timezoneOf: (project) => context.projects?.byId(project)?.timezone ?? 'UTC',
+    thresholdsOf: (project) => settingsOf(context, project).engagementThresholds,
+  }),
 }
 
 /**
@@ -74,6 +80,8 @@ function settingsOf(context: StepContext, project: string): ProjectSettings {
 const IDLE_TTL_MS: Record<string, number> = {
   // an anonymous id's link must outlive long absences: a returning visitor stays their user
   enrich: 400 * 86_400_000,
+  // a profile is the user's whole history (first seen, acquisition): it never starts over
+  profile: Number.POSITIVE_INFINITY,
 }
 
 const runOperatorStep: StepRunner = async (step, context) => {
@@ -156,6 +164,7 @@ const SINKS: Record<string, StepRunner> = {
     await publishLinks(await new Kvm(context.nc).open('seg_identity'), links)
   })),
   'sink-sessions': sinkRunner(sessionRowOf, (context, rows) => context.store.upsertSessions(rows)),
+  'sink-profiles': sinkRunner(profileRowOf, (context, rows) => context.store.upsertProfiles(rows)),
 }
 
 /** Steps that run in processes (everything but sources). */

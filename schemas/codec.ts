@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
-import { AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, MergeEnvelope, MergeStateEnvelope, RawEventEnvelope, SessionEnvelope } from './envelope.ts'
+import { AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, MergeEnvelope, MergeStateEnvelope, ProfileEnvelope, RawEventEnvelope, SegmentMembershipEnvelope, SessionEnvelope } from './envelope.ts'
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
@@ -50,6 +50,8 @@ const byType = {
   merge: validator(MergeEnvelope, 'envelope'),
   merge_state: validator(MergeStateEnvelope, 'envelope'),
   session: validator(SessionEnvelope, 'envelope'),
+  profile: validator(ProfileEnvelope, 'envelope'),
+  segment_membership: validator(SegmentMembershipEnvelope, 'envelope'),
 } as const
 
 /**

@@ -1,6 +1,7 @@
 import Type, { type Static } from 'typebox'
 import { EnrichedContext } from './enriched.ts'
 import { SegmentMessage } from './segment.ts'
+import { ProfileChange, SegmentMembershipChange } from './profile.ts'
 import { SessionChange } from './session.ts'
 
 /** Bumped only for incompatible envelope changes; additive fields keep the version. */
@@ -122,5 +123,16 @@ export type MergeStateEnvelope = Static<typeof MergeStateEnvelope>
 export const SessionEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('session'), origin: Origin, data: SessionChange })
 export type SessionEnvelope = Static<typeof SessionEnvelope>
 
-export const AnyEnvelope = Type.Union([RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope])
+/** On `seg.<project>.profiles.<kg>`, routed by canonical user id: a user's profile as it now stands (docs/profiles.md). */
+export const ProfileEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('profile'), origin: Origin, data: ProfileChange })
+export type ProfileEnvelope = Static<typeof ProfileEnvelope>
+
+/** On `seg.<project>.profiles.<kg>`: a user moved from one engagement level to another (docs/profiles.md). */
+export const SegmentMembershipEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('segment_membership'), origin: Origin, data: SegmentMembershipChange })
+export type SegmentMembershipEnvelope = Static<typeof SegmentMembershipEnvelope>
+
+export const AnyEnvelope = Type.Union([
+  RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope,
+  ProfileEnvelope, SegmentMembershipEnvelope,
+])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

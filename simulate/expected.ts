@@ -1,4 +1,4 @@
-import { COUNTRY_NETWORKS, ipInNetwork } from './model.ts'
+import { COUNTRY_NETWORKS, ipInNetwork, localDayOf } from './model.ts'
 
 /**
  * The answers the pipeline should give for a log, computed the plain way: every event in memory,
@@ -34,6 +34,8 @@ export interface ExpectedOptions {
   sessionGapMs?: number
   /** Funnel conversion window, from the step-1 time. Default 14 days. */
   funnelWindowMs?: number
+  /** Event time engagement is scored as of. Default: the newest event of the log. */
+  engagementAsOf?: number
 }
 
 export const FUNNEL_STEPS = ['$session_start', 'click_event1', 'custom_event2'] as const
@@ -60,6 +62,9 @@ export interface ExpectedUser {
   events: number
   /** Highest funnel level reached (0-3), whatever the cohort. */
   funnelLevel: number
+  /** Engagement score (0-100) and level as of `engagementAsOf` (docs/profiles.md). */
+  engagementScore: number
+  engagement: string
 }
 
 export interface ExpectedAnswers {
@@ -80,6 +85,10 @@ export interface ExpectedAnswers {
     byFirstDevice: Record<string, number>
     byDevice: Record<string, number>
     byCountry: Record<string, number>
+    /** Users per engagement level as of `engagementAsOf`. */
+    byEngagement: Record<string, number>
+    /** Users per engagement level and acquisition month: step 2 of the flow. */
+    byEngagementAndMonth: Record<string, Record<string, number>>
   }
   sessions: { total: number; byStartMonth: Record<string, number> }
   funnel: {
@@ -211,6 +220,28 @@ export function eventNameOf(message: Pick<LogMessage, 'type' | 'event'>): string
   return message.type === 'track' ? message.event ?? '' : `$${message.type}`
 }
 
+/** Engagement levels, lowest first, and the default thresholds of Medium, Medium-High and High. */
+export const ENGAGEMENT_LEVELS = ['Low', 'Medium', 'Medium-High', 'High'] as const
+const THRESHOLDS = [25, 50, 75] as const
+
+/**
+ * Engagement as docs/profiles.md states it, written out: as of the local day of `asOf` (or of
+ * the newest event, when later), recency R from whole local days since the newest event,
+ * frequency F from active days and activity A from events in the 30 local days ending that day.
+ */
+export function engagementOf(times: readonly number[], asOf: number, timezone: string): { score: number; level: string } {
+  const newest = Math.max(...times)
+  const today = localDayOf(timezone, Math.max(asOf, newest))
+  const since = today - localDayOf(timezone, newest)
+  const days = times.map((time) => localDayOf(timezone, time)).filter((day) => day > today - 30 && day <= today)
+  const recency = since <= 2 ? 1 : since >= 30 ? 0 : (30 - since) / 28
+  const frequency = Math.min(new Set(days).size, 20) / 20
+  const activity = Math.min(1, Math.log(1 + days.length) / Math.log(1 + 500))
+  const score = Math.round(100 * recency * (0.6 * frequency + 0.4 * activity))
+  const level = ENGAGEMENT_LEVELS[THRESHOLDS.filter((threshold) => score >= threshold).length]!
+  return { score, level }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The computation
 
@@ -267,10 +298,12 @@ export function computeExpected(log: Iterable<LogMessage>, options: ExpectedOpti
     increment(byNameIncludingBots, name)
     const time = Date.parse(message.timestamp)
 
-    // links, for every message (a bot could identify too; the model's never do)
+    // links, for every message (a bot could identify too; the model's never do). An identify
+    // never links an id used as a user id (two users are never merged implicitly); an alias,
+    // the explicit merge, does
     const from = message.type === 'identify' ? message.anonymousId : message.type === 'alias' ? message.previousId : undefined
     if (from !== undefined && message.userId !== undefined && from !== message.userId) {
-      if (links.has(from) || usedAsUserId.has(from)) {
+      if (links.has(from) || (message.type !== 'alias' && usedAsUserId.has(from))) {
         if (links.get(from) !== message.userId) refusedLinks++
       } else links.set(from, message.userId)
     }
@@ -320,7 +353,12 @@ export function computeExpected(log: Iterable<LogMessage>, options: ExpectedOpti
   }
   const userIds = new Set([...groups.keys()].filter((key) => key.startsWith('u:')).map((key) => key.slice(2)))
 
+  let newestEvent = Number.NEGATIVE_INFINITY
+  for (const group of groups.values()) for (const time of group.times) newestEvent = Math.max(newestEvent, time)
+  const asOf = options.engagementAsOf ?? newestEvent
+  const engagementByMonth = new Map<string, Map<string, number>>()
   const counts = {
+    engagement: new Map<string, number>(),
     month: new Map<string, number>(), channel: new Map<string, number>(), firstDevice: new Map<string, number>(),
     device: new Map<string, number>(), country: new Map<string, number>(), sessionMonth: new Map<string, number>(),
   }
@@ -374,6 +412,11 @@ export function computeExpected(log: Iterable<LogMessage>, options: ExpectedOpti
     increment(counts.firstDevice, firstDevice)
     increment(counts.device, device)
     increment(counts.country, lastCountry?.country ?? 'unknown')
+    const engagement = engagementOf(events.map((event) => event.time), asOf, options.timezone)
+    increment(counts.engagement, engagement.level)
+    const levelMonths = engagementByMonth.get(engagement.level) ?? new Map<string, number>()
+    increment(levelMonths, acquisitionMonth)
+    engagementByMonth.set(engagement.level, levelMonths)
     const monthFunnel = funnelByMonth.get(acquisitionMonth) ?? [0, 0, 0]
     for (let step = 0; step < level; step++) monthFunnel[step]!++
     funnelByMonth.set(acquisitionMonth, monthFunnel)
@@ -387,6 +430,7 @@ export function computeExpected(log: Iterable<LogMessage>, options: ExpectedOpti
       acquisitionMonth, channel, firstDevice, device,
       ...(lastCountry ? { country: lastCountry.country } : {}),
       sessions: sessionStarts.length, events: events.length, funnelLevel: level,
+      engagementScore: engagement.score, engagement: engagement.level,
     })
   }
 
@@ -403,6 +447,8 @@ export function computeExpected(log: Iterable<LogMessage>, options: ExpectedOpti
       botIds: [...botIds].filter((id) => !humanIds.has(id)).length,
       byAcquisitionMonth: sorted(counts.month), byChannel: sorted(counts.channel), byFirstDevice: sorted(counts.firstDevice),
       byDevice: sorted(counts.device), byCountry: sorted(counts.country),
+      byEngagement: Object.fromEntries(ENGAGEMENT_LEVELS.map((level) => [level, counts.engagement.get(level) ?? 0])),
+      byEngagementAndMonth: Object.fromEntries(ENGAGEMENT_LEVELS.map((level) => [level, sorted(engagementByMonth.get(level) ?? new Map())])),
     },
     sessions: { total: sessionsTotal, byStartMonth: sorted(counts.sessionMonth) },
     funnel: {

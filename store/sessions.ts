@@ -37,10 +37,14 @@ const SESSION_COLUMNS = [
 ] as const
 const names = SESSION_COLUMNS.map(([column]) => column).join(', ')
 // DISTINCT ON keeps the newest version of a session that appears twice in one batch
+// a session of an anonymous id already linked to a user is that user's (the link may have been
+// stored first: sessions lag events), as applyLinks re-attributes those stored before it
+const selectedColumns = SESSION_COLUMNS.map(([column]) => (column === 'canonical_id' ? 'COALESCE(i.user_id, t.canonical_id)' : `t.${column}`)).join(', ')
 const UPSERT_SESSIONS = `INSERT INTO sessions (${names})
-  SELECT DISTINCT ON (project, session_id) ${names}
+  SELECT DISTINCT ON (t.project, t.session_id) ${selectedColumns}
   FROM unnest(${SESSION_COLUMNS.map(([, type], i) => `$${i + 1}::${type}[]`).join(', ')}) AS t(${names})
-  ORDER BY project, session_id, version DESC
+  LEFT JOIN identities i ON i.project = t.project AND i.anonymous_id = t.canonical_id
+  ORDER BY t.project, t.session_id, t.version DESC
   ON CONFLICT (project, session_id) DO UPDATE SET ${SESSION_COLUMNS.slice(2).map(([column]) => `${column} = EXCLUDED.${column}`).join(', ')}
   WHERE sessions.version < EXCLUDED.version`
 
@@ -60,13 +64,14 @@ export function sessionStore(query: Query) {
 
     /**
      * Records links in order and re-attributes what was stored under each
-     * anonymous id to its user: the same link twice changes nothing.
+     * anonymous id (events, sessions) to its user: the same link twice changes nothing.
      */
     async applyLinks(links: readonly IdentityLink[]): Promise<void> {
       for (const link of links) {
         await query(`INSERT INTO identities (project, anonymous_id, user_id, linked_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
           [link.project, link.anonymousId, link.userId, new Date(link.linkedAt)])
         await query(`UPDATE events SET canonical_id = $3 WHERE project = $1 AND canonical_id = $2`, [link.project, link.anonymousId, link.userId])
+        await query(`UPDATE sessions SET canonical_id = $3 WHERE project = $1 AND canonical_id = $2`, [link.project, link.anonymousId, link.userId])
       }
     },
 

@@ -2,6 +2,7 @@ import pg from 'pg'
 import type { Logger } from '../config/logger.ts'
 import { migrate, type DatabaseTarget } from './migrate.ts'
 import { maintainEvents, type MaintenancePolicy } from './maintenance.ts'
+import { profileStore } from './profiles.ts'
 import { sessionStore } from './sessions.ts'
 
 /** One row of the events table. Times are ms since the epoch. */
@@ -94,9 +95,31 @@ export async function openStore(options: StoreOptions) {
     }
   }
 
+  /** A pooled client for work that needs one connection (a transaction). */
+  const withClient = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => {
+    let client: pg.PoolClient
+    try {
+      client = await pool.connect()
+    } catch (error) {
+      throw isConnectionError(error) ? new DatabaseUnavailableError(error) : error
+    }
+    let broken = false
+    try {
+      return await work(client)
+    } catch (error) {
+      broken = isConnectionError(error)
+      throw broken ? new DatabaseUnavailableError(error) : error
+    } finally {
+      // a client whose connection failed is destroyed, not handed to the next caller
+      client.release(broken || undefined)
+    }
+  }
+
   return {
     pool,
+    withClient,
     ...sessionStore(query),
+    ...profileStore(withClient),
     get target(): DatabaseTarget {
       if (!target) throw new Error('store not migrated yet: call migrate() first')
       return target

@@ -1,6 +1,8 @@
 import t from 'tap'
 import { createLogger } from '../config/logger.ts'
+import type { ProfileRow } from '../store/profiles.ts'
 import type { SessionRow } from '../store/sessions.ts'
+import { loadMigrations } from '../store/migrate.ts'
 import { openStore, type EventRow } from '../store/store.ts'
 import { DATABASE_TARGETS } from './harness/postgres.ts'
 
@@ -22,7 +24,7 @@ for (const target of DATABASE_TARGETS) {
 
     const first = await store.migrate()
     t.equal(first.target, target.name, `detected ${target.name}`)
-    t.same(first.applied, [1, 2, 3, 4], 'every migration applied')
+    t.same(first.applied, (await loadMigrations()).map((migration) => migration.version), 'every migration applied')
     t.same((await store.migrate()).applied, [], 'migrating again applies nothing')
 
     t.equal(await store.insertEvents([]), 0, 'an empty batch is a no-op')
@@ -77,6 +79,27 @@ for (const target of DATABASE_TARGETS) {
     t.equal((await store.getEvent('alpha', 'anon-1'))!.canonicalId, 'u9', 'the anonymous event now belongs to the user')
     t.equal((await store.getEvent('alpha', 'anon-1'))!.anonymousId, 'cookie', 'its original ids are kept')
     t.same((await store.pool.query(`SELECT user_id FROM identities WHERE project = 'alpha'`)).rows, [{ user_id: 'u9' }], 'one link recorded')
+
+    // a session written after its anonymous id was linked is the user's
+    await store.upsertSessions([session(1, { sessionId: 'cookie:1', canonicalId: 'cookie' })])
+    t.same((await store.listSessions('alpha', 'u9')).map((s) => s.sessionId), ['cookie:1'], 'a session stored after the link is written under the user')
+
+    // profiles: the newest version wins, and its per-day counts replace the older version's
+    const profile = (version: number, overrides: Partial<ProfileRow> = {}): ProfileRow => ({
+      project: 'alpha', canonicalId: 'u1', firstSeen: Date.parse('2019-05-01T08:00:00Z'), lastSeen: Date.parse('2019-05-10T10:00:00Z'),
+      acquisitionMonth: '2019-05', acquisitionChannel: 'email', acquisitionSource: 'newsletter', acquisitionMedium: 'email', acquisitionCampaign: 'may',
+      deviceType: 'mobile', browser: 'Safari', os: 'iOS', country: 'DE', city: 'Berlin', events: version * 10, sessions: version,
+      engagementLevel: 'Medium', engagementScore: 40, engagementAsOf: Date.parse('2019-05-10T12:00:00Z'), traits: { plan: 'pro' },
+      mergedInto: null, version, profilesSeq: 100 + version, days: [{ day: '2019-05-10', name: 'click_event1', count: version }], ...overrides,
+    })
+    t.equal(await store.upsertProfiles([profile(2), profile(1)]), 1, 'the newer of two versions in one batch is written')
+    t.equal(await store.upsertProfiles([profile(1, { events: 999 })]), 0, 'an older version (a replay, a stale owner) changes nothing')
+    t.same(await store.getProfile('alpha', 'u1'), profile(2), 'a profile reads back as written, days included')
+    await store.upsertProfiles([profile(3, { days: [{ day: '2019-05-11', name: '$page', count: 4 }] })])
+    t.same((await store.getProfile('alpha', 'u1'))!.days, [{ day: '2019-05-11', name: '$page', count: 4 }], 'a newer version replaces the per-day counts')
+    await store.upsertProfiles([profile(1, { canonicalId: 'cookie', days: [] }), profile(2, { canonicalId: 'cookie', mergedInto: 'u1', engagementLevel: null, days: [] })])
+    t.same(await store.profileCounts('alpha'), [{ level: 'Medium', month: '2019-05', users: 1 }], 'a profile merged away counts for nothing')
+    t.same(await store.profileCounts('beta'), [], 'profiles are per project')
 
     // compression (TimescaleDB) and retention, driven by the application
     const now = Date.parse('2019-07-01T00:00:00Z')

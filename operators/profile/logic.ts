@@ -424,7 +424,7 @@ interface Owner {
 
 /** The one place these envelopes meet the runtime's types (see envelopes.ts). */
 function emissionOf(owner: Owner, envelope: ProfileEnvelope | SegmentMembershipEnvelope): Emission {
-  return { stage: PROFILES_STAGE as string as Stage, project: owner.project, keyGroup: owner.keyGroup, envelope: envelope as unknown as AnyEnvelope }
+  return { stage: PROFILES_STAGE, project: owner.project, keyGroup: owner.keyGroup, envelope }
 }
 
 function envelopeFields(owner: Owner, id: string, time: number, state: ProfileState) {

@@ -1,4 +1,5 @@
 import type { AnyEnvelope, EnrichedEventEnvelope } from '../../schemas/envelope.ts'
+import type { ProfileRow } from '../../store/profiles.ts'
 import type { IdentityLink, SessionRow } from '../../store/sessions.ts'
 import type { EventRow } from '../../store/store.ts'
 
@@ -60,5 +61,32 @@ export function sessionRowOf(envelope: AnyEnvelope, sessionsSeq: number): Sessio
     project: envelope.project, sessionId: session.sessionId, canonicalId: session.canonicalId, startedAt: session.start, lastEventAt: session.end,
     durationMs: session.durationMs, events: session.events, pages: session.pages, entryPage: session.entryPage ?? null, exitPage: session.exitPage ?? null,
     channel: session.channel ?? null, device: session.device ?? null, firstMessageId: session.firstMessageId, status: name, version, sessionsSeq,
+  }
+}
+
+/** A profile change as a profiles-table row; undefined: not the sink's (membership changes, control). Pure. */
+export function profileRowOf(envelope: AnyEnvelope, profilesSeq: number): ProfileRow | undefined {
+  if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state' || envelope.type === 'segment_membership') return undefined
+  if (envelope.type !== 'profile') throw new Error(`sink-profiles reads profile messages, got ${envelope.type}`)
+  const { canonicalId, version, profile, mergedInto } = envelope.data
+  const base = { project: envelope.project, canonicalId, version, profilesSeq }
+  if (!profile) {
+    return {
+      ...base, firstSeen: null, lastSeen: null, acquisitionMonth: null, acquisitionChannel: null, acquisitionSource: null, acquisitionMedium: null,
+      acquisitionCampaign: null, deviceType: null, browser: null, os: null, country: null, city: null, events: 0, sessions: 0,
+      engagementLevel: null, engagementScore: null, engagementAsOf: null, traits: {}, mergedInto: mergedInto ?? null, days: [],
+    }
+  }
+  const { acquisition, device, engagement } = profile
+  return {
+    ...base,
+    firstSeen: profile.firstSeen, lastSeen: profile.lastSeen,
+    acquisitionMonth: acquisition.month, acquisitionChannel: acquisition.channel ?? null, acquisitionSource: acquisition.source ?? null,
+    acquisitionMedium: acquisition.medium ?? null, acquisitionCampaign: acquisition.campaign ?? null,
+    deviceType: device?.type ?? null, browser: device?.browser ?? null, os: device?.os ?? null,
+    country: profile.country ?? null, city: profile.city ?? null, events: profile.events, sessions: profile.sessions,
+    engagementLevel: engagement.level, engagementScore: engagement.score, engagementAsOf: engagement.asOf,
+    traits: profile.traits, mergedInto: null,
+    days: profile.days.flatMap((day) => Object.entries(day.names).map(([name, count]) => ({ day: day.day, name, count }))),
   }
 }

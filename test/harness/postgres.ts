@@ -100,6 +100,7 @@ async function waitForQuery(url: string): Promise<void> {
 export async function startEmbeddedTimescale(): Promise<DatabaseServer> {
   const port = await freePort()
   let child: ChildProcess | undefined
+  const stopping = new WeakSet<ChildProcess>()
   const start = async () => {
     child = spawn(process.execPath, [join(import.meta.dirname, '../../store/embedded.ts'), '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv() })
     let output = ''
@@ -108,9 +109,15 @@ export async function startEmbeddedTimescale(): Promise<DatabaseServer> {
       child!.stdout!.on('data', (chunk) => { if (String(chunk).includes('ready')) resolve() })
       child!.once('exit', (code) => reject(new Error(`embedded database exited with ${code}: ${output}`)))
     })
+    // a crash later on is otherwise only an ECONNREFUSED somewhere: say why
+    const running = child
+    running.once('exit', (code, signal) => {
+      if (!stopping.has(running)) process.stderr.write(`embedded database exited unexpectedly (${code ?? signal}): ${output}\n`)
+    })
   }
   const stop = async () => {
     if (!child || child.exitCode !== null) return
+    stopping.add(child)
     const done = new Promise((resolve) => child!.once('exit', resolve))
     child.kill('SIGTERM')
     await done

@@ -1,3 +1,4 @@
+import type { GeoLookup } from '../../operators/enrich/geo.ts'
 import type { NatsConnection } from '@nats-io/transport-node'
 import { PipelinedPublisher } from '../../broker/publisher.ts'
 import { connectNats } from '../../broker/connect.ts'
@@ -42,6 +43,8 @@ export async function startSystem(options: {
   logLines?: string[]
   /** JetStream's duplicate window, ms (shortened to test late duplicates). */
   duplicateWindowMs?: number
+  /** IP → country for enrich (a test .mmdb); none by default. */
+  geo?: GeoLookup
 }): Promise<System> {
   const lines = options.logLines
   const logger = lines
@@ -67,7 +70,7 @@ export async function startSystem(options: {
       return created
     },
     async startOperators(stepIds = []) {
-      const steps = await startSteps({ nc, publisher, store, projects, topology, keyGroups, logger, leaseMs: 2_000, heartbeatMs: 250 }, stepIds)
+      const steps = await startSteps({ nc, publisher, store, projects, topology, keyGroups, logger, geo: options.geo, leaseMs: 2_000, heartbeatMs: 250 }, stepIds)
       running.push(steps)
       return steps
     },

@@ -1,0 +1,155 @@
+import type pg from 'pg'
+
+/** One event name's count on one local day of a user. */
+export interface ProfileDayCount {
+  /** `YYYY-MM-DD` in the project's timezone. */
+  day: string
+  name: string
+  count: number
+}
+
+/**
+ * One row of the profiles table (store/migrations/0005_profiles.sql), with the user's per-day
+ * event-name counts. Times are ms since the epoch. A row with `mergedInto` is the end of a
+ * profile whose user was merged into another: its fields are null and it counts for nothing.
+ */
+export interface ProfileRow {
+  project: string
+  canonicalId: string
+  firstSeen: number | null
+  lastSeen: number | null
+  acquisitionMonth: string | null
+  acquisitionChannel: string | null
+  acquisitionSource: string | null
+  acquisitionMedium: string | null
+  acquisitionCampaign: string | null
+  deviceType: string | null
+  browser: string | null
+  os: string | null
+  country: string | null
+  city: string | null
+  events: number
+  sessions: number
+  engagementLevel: string | null
+  engagementScore: number | null
+  engagementAsOf: number | null
+  traits: Record<string, unknown>
+  mergedInto: string | null
+  version: number
+  /** Where this version is stored in SEG_PROFILES. */
+  profilesSeq: number
+  days: ProfileDayCount[]
+}
+
+type WithClient = <T>(work: (client: pg.PoolClient) => Promise<T>) => Promise<T>
+
+const PROFILE_COLUMNS = [
+  ['project', 'text'], ['canonical_id', 'text'], ['first_seen', 'timestamptz'], ['last_seen', 'timestamptz'], ['acquisition_month', 'text'],
+  ['acquisition_channel', 'text'], ['acquisition_source', 'text'], ['acquisition_medium', 'text'], ['acquisition_campaign', 'text'],
+  ['device_type', 'text'], ['browser', 'text'], ['os', 'text'], ['country', 'text'], ['city', 'text'], ['events', 'int'], ['sessions', 'int'],
+  ['engagement_level', 'text'], ['engagement_score', 'int'], ['engagement_as_of', 'timestamptz'], ['traits', 'jsonb'], ['merged_into', 'text'],
+  ['version', 'int'], ['profiles_seq', 'bigint'],
+] as const
+const names = PROFILE_COLUMNS.map(([column]) => column).join(', ')
+const selected = PROFILE_COLUMNS.map(([column, type]) => (type === 'jsonb' ? `${column}::jsonb` : column)).join(', ')
+// jsonb travels as text[] (pg has no jsonb[] literal encoder) and is cast per row
+const params = PROFILE_COLUMNS.map(([, type], i) => `$${i + 1}::${type === 'jsonb' ? 'text' : type}[]`).join(', ')
+const UPSERT_PROFILES = `INSERT INTO profiles (${names})
+  SELECT ${selected} FROM unnest(${params}) AS t(${names})
+  ON CONFLICT (project, canonical_id) DO UPDATE SET ${PROFILE_COLUMNS.slice(2).map(([column]) => `${column} = EXCLUDED.${column}`).join(', ')}, updated_at = now()
+  WHERE profiles.version < EXCLUDED.version
+  RETURNING project, canonical_id`
+const DELETE_DAYS = `DELETE FROM profile_event_days d USING unnest($1::text[], $2::text[]) AS t(project, canonical_id)
+  WHERE d.project = t.project AND d.canonical_id = t.canonical_id`
+const INSERT_DAYS = `INSERT INTO profile_event_days (project, canonical_id, day, name, count)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::text[], $5::int[])`
+
+const date = (ms: number | null) => (ms === null ? null : new Date(ms))
+
+/** The newest version of each user among `rows`: a batch may hold several. */
+function newestPerUser(rows: readonly ProfileRow[]): ProfileRow[] {
+  const newest = new Map<string, ProfileRow>()
+  for (const row of rows) {
+    const key = `${row.project}\u0000${row.canonicalId}`
+    const seen = newest.get(key)
+    if (!seen || seen.version < row.version) newest.set(key, row)
+  }
+  return [...newest.values()]
+}
+
+export function profileStore(withClient: WithClient) {
+  return {
+    /**
+     * Upserts profiles in one transaction; a row is replaced only by a higher version, and a
+     * replaced (or new) user's per-day counts are replaced by the new version's. Returns the
+     * users written.
+     */
+    async upsertProfiles(rows: readonly ProfileRow[]): Promise<number> {
+      if (rows.length === 0) return 0
+      const newest = newestPerUser(rows)
+      const columns: unknown[][] = PROFILE_COLUMNS.map(() => new Array(newest.length))
+      newest.forEach((r, i) => {
+        const values = [r.project, r.canonicalId, date(r.firstSeen), date(r.lastSeen), r.acquisitionMonth, r.acquisitionChannel, r.acquisitionSource,
+          r.acquisitionMedium, r.acquisitionCampaign, r.deviceType, r.browser, r.os, r.country, r.city, r.events, r.sessions, r.engagementLevel,
+          r.engagementScore, date(r.engagementAsOf), JSON.stringify(r.traits), r.mergedInto, r.version, r.profilesSeq]
+        values.forEach((value, c) => (columns[c]![i] = value))
+      })
+      return withClient(async (client) => {
+        await client.query('BEGIN')
+        try {
+          const written = await client.query<{ project: string; canonical_id: string }>(UPSERT_PROFILES, columns)
+          if (written.rows.length > 0) {
+            const byUser = new Map(newest.map((row) => [`${row.project}\u0000${row.canonicalId}`, row]))
+            const users = written.rows.map((row) => byUser.get(`${row.project}\u0000${row.canonical_id}`)!)
+            await client.query(DELETE_DAYS, [users.map((u) => u.project), users.map((u) => u.canonicalId)])
+            const days = users.flatMap((user) => user.days.map((day) => [user.project, user.canonicalId, day.day, day.name, day.count] as const))
+            if (days.length > 0) await client.query(INSERT_DAYS, [0, 1, 2, 3, 4].map((c) => days.map((day) => day[c])))
+          }
+          await client.query('COMMIT')
+          return written.rows.length
+        } catch (error) {
+          await client.query('ROLLBACK').catch(() => undefined)
+          throw error
+        }
+      })
+    },
+
+    /** A user's stored profile (merged ones included), or undefined. */
+    async getProfile(project: string, canonicalId: string): Promise<ProfileRow | undefined> {
+      return withClient(async (client) => {
+        const result = await client.query<Record<string, unknown>>('SELECT * FROM profiles WHERE project = $1 AND canonical_id = $2', [project, canonicalId])
+        const row = result.rows[0]
+        if (!row) return undefined
+        const days = await client.query<{ day: string; name: string; count: number }>(
+          `SELECT to_char(day, 'YYYY-MM-DD') AS day, name, count FROM profile_event_days WHERE project = $1 AND canonical_id = $2 ORDER BY day, name`,
+          [project, canonicalId])
+        return toProfileRow(row, days.rows)
+      })
+    },
+
+    /** Users (not merged away) per engagement level and acquisition month: what the README's walkthrough shows. */
+    async profileCounts(project: string): Promise<{ level: string | null; month: string | null; users: number }[]> {
+      return withClient(async (client) => {
+        const result = await client.query<{ level: string | null; month: string | null; users: string }>(
+          `SELECT engagement_level AS level, acquisition_month AS month, count(*) AS users FROM profiles
+            WHERE project = $1 AND merged_into IS NULL GROUP BY 1, 2 ORDER BY 1, 2`, [project])
+        return result.rows.map((row) => ({ level: row.level, month: row.month, users: Number(row.users) }))
+      })
+    },
+  }
+}
+
+const time = (value: unknown) => (value instanceof Date ? value.getTime() : null)
+
+function toProfileRow(row: Record<string, unknown>, days: ProfileDayCount[]): ProfileRow {
+  return {
+    project: row.project as string, canonicalId: row.canonical_id as string, firstSeen: time(row.first_seen), lastSeen: time(row.last_seen),
+    acquisitionMonth: row.acquisition_month as string | null, acquisitionChannel: row.acquisition_channel as string | null,
+    acquisitionSource: row.acquisition_source as string | null, acquisitionMedium: row.acquisition_medium as string | null,
+    acquisitionCampaign: row.acquisition_campaign as string | null, deviceType: row.device_type as string | null, browser: row.browser as string | null,
+    os: row.os as string | null, country: row.country as string | null, city: row.city as string | null, events: row.events as number,
+    sessions: row.sessions as number, engagementLevel: row.engagement_level as string | null, engagementScore: row.engagement_score as number | null,
+    engagementAsOf: time(row.engagement_as_of), traits: row.traits as Record<string, unknown>, mergedInto: row.merged_into as string | null,
+    version: row.version as number, profilesSeq: Number(row.profiles_seq), days,
+  }
+}
