@@ -391,6 +391,8 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       funnels[funnel.id] = entry
       touched.push(funnel.id)
     }
+    // too late everywhere: not even remembered, so a copy of it is refused again rather than taken for a duplicate
+    if (late && touched.length === 0) return { ...unchanged(state), late }
     return finish({ ...base, funnels }, touched, watermark, late)
   }
 

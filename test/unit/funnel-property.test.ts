@@ -190,3 +190,36 @@ t.test('property: an identity merge gives the progress of all events under the u
   )
   t.equal(runs, 400)
 })
+
+t.test('property: with a short horizon and a small buffer, the progress is that of every event not refused as late', async (t) => {
+  const bounded = scenario.chain((base) => fc.record({ base: fc.constant(base), horizonMs: fc.constantFrom(10 * SECOND, 30 * SECOND, MINUTE), maxEvents: fc.constantFrom(1, 2, 4, 8, 256) }))
+  let runs = 0
+  let refused = 0
+  fc.assert(
+    fc.property(bounded, ({ base: { definition: generated, log: rawLog, arrival, duplicates, jumps, lateness, roundTrip }, horizonMs, maxEvents }) => {
+      const definition = withSessionSteps(generated)
+      const log = distinctSessions(rawLog)
+      const order = arrival.filter((index) => index < log.length)
+      for (const [index, at] of duplicates) if (index < log.length) order.splice(Math.min(at, order.length), 0, index)
+      const runtime = miniRuntime({ lateness, roundTrip, operator: { horizonMs, maxEvents } })
+      runtime.setDefinitions(definitionsOf(definition))
+      const applied = new Map<string, ReferenceEvent>()
+      order.forEach((index, position) => {
+        const jump = jumps[position]
+        if (jump !== undefined) runtime.jump(jump)
+        const event = log[index]!
+        const before = runtime.lates
+        feed(runtime, event, 'u1')
+        if (runtime.lates === before) applied.set(event.id, referenceOf(event))
+        else refused++
+        assert.deepEqual(resultOf(runtime.latest('f')), referenceFunnel(definition, [...applied.values()], runtime.watermark), `after arrival ${position + 1}`)
+      })
+      runtime.finish()
+      assert.deepEqual(resultOf(runtime.latest('f')), referenceFunnel(definition, [...applied.values()], Number.POSITIVE_INFINITY))
+      runs++
+    }),
+    { numRuns: 500 },
+  )
+  t.equal(runs, 500)
+  t.ok(refused > 50, `some inputs were refused as late (${refused})`)
+})
