@@ -12,8 +12,13 @@ import type { Operator } from './operator.ts'
 import { backoffMs, sleep } from './retry.ts'
 import { FencedError, StateStore, type PreparedCommit } from './state-store.ts'
 
-/** Changed keys held in memory before a commit is forced. */
-const MAX_UNCOMMITTED_KEYS = 20_000
+/**
+ * Changed keys held in memory before a commit is forced: it bounds one commit (its atomic
+ * batches, and the encoded states held until they are sent). Well above the keys a stage sees
+ * in one interval at a few tens of thousands of users, or the cap, not the interval, would set
+ * how often each key is written.
+ */
+const MAX_UNCOMMITTED_KEYS = 50_000
 /** Outputs awaiting their acks before the next batch waits: the publisher's window (its default). */
 const MAX_OUTPUTS_IN_FLIGHT = 5_000
 /**
@@ -22,6 +27,28 @@ const MAX_OUTPUTS_IN_FLIGHT = 5_000
  * while a key group never has an output in flight behind another of its own that may fail.
  */
 const LANES = 4
+
+/** Default checkpoint interval: see {@link InstanceOptions.commitIntervalMs}. */
+export const DEFAULT_COMMIT_INTERVAL_MS = 10_000
+
+/**
+ * The checkpoint interval, fenced by the duplicate window of the step's output streams.
+ * After a crash, outputs published since the last checkpoint go out again (same ids) once
+ * the next owner has taken over (a lease) and replayed: at most the interval, the commit's
+ * own time, the lease and the catch-up after their first publish. JetStream drops them as
+ * duplicates only inside its window, so the interval keeps to a quarter of it; the rest is
+ * the margin for the lease, the commit and the catch-up.
+ */
+export function commitIntervalOf(options: Pick<InstanceOptions<unknown, unknown>, 'commitIntervalMs' | 'step' | 'topology'>, logger?: Logger): number {
+  const wanted = options.commitIntervalMs ?? DEFAULT_COMMIT_INTERVAL_MS
+  const windows = options.topology.streams
+    .filter((stream) => stream.subjects.some((subject) => options.step.outputs.includes(subject)))
+    .map((stream) => stream.duplicateWindowMs)
+  if (windows.length === 0) return wanted
+  const cap = Math.floor(Math.min(...windows) / 4)
+  if (wanted > cap) logger?.warn({ wanted, cap, duplicateWindowMs: Math.min(...windows) }, 'checkpoint interval capped at a quarter of the output streams\' duplicate window')
+  return Math.min(wanted, cap)
+}
 
 /** Named places where a test can make the process die (SEGSTREAM_FAILPOINT). */
 export type Failpoint = 'after-publish' | 'after-commit' | 'before-publish'
@@ -45,7 +72,13 @@ export interface InstanceOptions<State, Input> {
   idleTtlMs?: number
   leaseMs?: number
   heartbeatMs?: number
-  /** Longest time between checkpoints of a key group with new input, ms. Default 200. */
+  /**
+   * Longest time between checkpoints of a key group with new input, ms. Default 10,000.
+   * A key written several times between two checkpoints is written once, so with many keys
+   * (every user) a long interval saves most state writes. What it costs: a crash replays up
+   * to this much input, and the replayed outputs must still fall inside the duplicate window
+   * of the streams they go to, so it is capped at a quarter of the shortest of those windows.
+   */
   commitIntervalMs?: number
   /** Called at each failpoint; tests make it kill the process. */
   failpoint?: (point: Failpoint) => void
@@ -106,7 +139,7 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   /** Key groups processed since their last commit. */
   const uncommitted = new Set<number>()
   let lastCommit = performance.now()
-  const commitIntervalMs = options.commitIntervalMs ?? 200
+  const commitIntervalMs = commitIntervalOf(options, logger)
   const failpoint = options.failpoint ?? (() => {})
 
   // each message remembers the consumer generation that read it: older ones are dropped

@@ -281,3 +281,16 @@ t.test('an input the logic finds too late goes, unchanged, to the late subject a
   t.equal(processMessage(sets, group, message('u', 2000), { ...options, stepId: 'sets' }, c).filter((o) => o.subject.includes('.late.')).length, 0)
   t.equal(c.late, 1)
 })
+
+t.test('the checkpoint interval stays inside the output streams\' duplicate window', async (t) => {
+  const { commitIntervalOf, DEFAULT_COMMIT_INTERVAL_MS } = await import('../../operators/runtime/instance.ts')
+  const { segstreamTopology } = await import('../../topology/definition.ts')
+  const topology = (duplicateWindowMs?: number) => segstreamTopology({ duplicateWindowMs })
+  const stepOf = (topo: ReturnType<typeof topology>, stepId: string) => topo.steps.find((step) => step.stepId === stepId)!
+  const standard = topology()
+  t.equal(commitIntervalOf({ step: stepOf(standard, 'enrich'), topology: standard }), DEFAULT_COMMIT_INTERVAL_MS, 'the default, inside a 2-minute window')
+  t.equal(commitIntervalOf({ step: stepOf(standard, 'sessionize'), topology: standard, commitIntervalMs: 50 }), 50, 'a shorter one as asked')
+  t.equal(commitIntervalOf({ step: stepOf(standard, 'sessionize'), topology: standard, commitIntervalMs: 600_000 }), 30_000, 'a longer one capped at a quarter of the window')
+  const short = topology(20_000)
+  t.equal(commitIntervalOf({ step: stepOf(short, 'enrich'), topology: short }), 5_000, 'a 20 s window: 5 s at most')
+})
