@@ -13,15 +13,21 @@
  *    message JetStream stored during the flood, streams and state buckets alike,
  *    per event: measured, not assumed): the ceiling this design could reach here.
  * 2. Flood: every event as fast as the collector takes them; e2e_events_per_s is
- *    events / (last row committed - first event sent).
+ *    events / (last row committed - first event sent), where the last row is the later of
+ *    the last event row (its stored_at) and the moment sessionize had taken every enriched
+ *    message and sink-sessions had stored every session it published. The load comes over
+ *    plain keep-alive sockets in batches of 100 events, 8 requests at a time.
  * 3. Steady: 50% of that rate for --steady-s seconds; latency from collector
  *    acceptance (received_at) to commit (stored_at) of those events; RSS of each
  *    process sampled every 5 s, its slope over the last 4 minutes.
  * Then lost (events without a row) and duplicated (enriched messages or rows beyond one per event).
+ * Also printed: the CPU time per event of every process during the flood (nats-server and
+ * PostgreSQL included), which says more than events/s on a shared machine: on two cores,
+ * 20,000 events/s leaves 100 µs of CPU per event for all of them together.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
-import { Agent, request } from 'node:http'
+import { readdirSync, readFileSync } from 'node:fs'
+import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType, DiscardPolicy } from '@nats-io/jetstream'
@@ -97,7 +103,7 @@ function* events(prefix: string, count: number, seed: number, start: number) {
 }
 const bodiesOf = (all: object[]) => {
   const bodies: Buffer[] = []
-  for (let i = 0; i < all.length; i += BATCH) bodies.push(Buffer.from(JSON.stringify({ batch: all.slice(i, i + BATCH), sentAt: new Date().toISOString() })))
+  for (let i = 0; i < all.length; i += BATCH) bodies.push(requestOf(Buffer.from(JSON.stringify({ batch: all.slice(i, i + BATCH), sentAt: new Date().toISOString() }))))
   return bodies
 }
 
@@ -140,6 +146,31 @@ const rssMb = (pid: number | undefined) => {
     return Number.NaN
   }
 }
+// CPU seconds (user + system, all threads) a process has used so far, from /proc (Linux; NaN elsewhere)
+const cpuSeconds = (pid: number | undefined): number => {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return Number.NaN
+  }
+}
+const allPids = () => readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number)
+const cmdlineOf = (pid: number) => {
+  try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8') } catch { return '' }
+}
+const parentOf = (pid: number) => {
+  try { return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]) } catch { return -1 }
+}
+const natsPid = allPids().find((pid) => cmdlineOf(pid).includes(nats.storeDir))
+const postmasterPid = allPids().find((pid) => cmdlineOf(pid).includes(`\0-p\0${database.port}\0`) && cmdlineOf(pid).startsWith('/usr/lib/postgresql'))
+/** CPU seconds so far of every process of the run (PostgreSQL: the postmaster and its backends). */
+const cpuNow = () => {
+  const out: Record<string, number> = { bench: (process.cpuUsage().user + process.cpuUsage().system) / 1e6, nats_server: cpuSeconds(natsPid) }
+  for (const [name, child] of Object.entries(processes)) out[name] = cpuSeconds(child.pid)
+  out.postgres = postmasterPid === undefined ? Number.NaN : allPids().filter((pid) => pid === postmasterPid || parentOf(pid) === postmasterPid).reduce((a, pid) => a + cpuSeconds(pid), 0)
+  return out
+}
 const peakRss: Record<string, number> = {}
 const rssSamples: Record<string, { t: number; mb: number }[]> = {}
 const sampler = setInterval(() => {
@@ -150,16 +181,96 @@ const sampler = setInterval(() => {
   }
 }, 5_000)
 
-const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY })
 const auth = `Basic ${Buffer.from(`${project.writeKeys[0]}:`).toString('base64')}`
-const post = (body: Buffer) => new Promise<number>((resolve, reject) => {
-  const req = request({ host: '127.0.0.1', port: gatewayPort, path: '/v1/batch', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': body.length, authorization: auth } }, (res) => {
-    res.resume()
-    res.on('end', () => resolve(res.statusCode!))
-  })
-  req.on('error', reject)
-  req.end(body)
-})
+/** A whole HTTP request (head and body) posting one batch. */
+const requestOf = (body: Buffer) => Buffer.concat([Buffer.from(
+  `POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:${gatewayPort}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nAuthorization: ${auth}\r\nConnection: keep-alive\r\n\r\n`), body])
+
+/**
+ * One keep-alive connection, one request at a time, as light as wrk (bench/ingest.ts): the
+ * load generator shares the two cores with the system it measures, and Node's http client
+ * cost it ~30 µs of CPU per event, as much as the collector itself.
+ */
+class Connection {
+  readonly #socket: Socket
+  #received: Buffer = Buffer.alloc(0)
+  #waiting: { resolve: (status: number) => void; reject: (error: Error) => void } | undefined
+  closed = false
+  constructor() {
+    this.#socket = connect(gatewayPort, '127.0.0.1')
+    this.#socket.setNoDelay(true)
+    this.#socket.on('data', (chunk: Buffer) => this.#onData(chunk))
+    this.#socket.on('error', (error) => this.#fail(error))
+    this.#socket.on('close', () => this.#fail(new Error('the collector closed the connection')))
+  }
+  send(request: Buffer): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#waiting = { resolve, reject }
+      this.#socket.write(request)
+    })
+  }
+  destroy(): void {
+    this.#socket.removeAllListeners('close')
+    this.#socket.destroy()
+  }
+  #fail(error: Error) {
+    this.closed = true
+    const waiting = this.#waiting
+    this.#waiting = undefined
+    waiting?.reject(error)
+  }
+  #onData(chunk: Buffer) {
+    this.#received = this.#received.length === 0 ? chunk : Buffer.concat([this.#received, chunk])
+    const headEnd = this.#received.indexOf('\r\n\r\n')
+    if (headEnd < 0) return
+    const head = this.#received.toString('latin1', 0, headEnd)
+    const length = /\r\ncontent-length: *(\d+)/i.exec(head)
+    if (!length) return this.#fail(new Error(`response without content-length: ${head}`))
+    const end = headEnd + 4 + Number(length[1])
+    if (this.#received.length < end) return
+    this.#received = this.#received.subarray(end)
+    const waiting = this.#waiting
+    this.#waiting = undefined
+    waiting?.resolve(Number(head.slice(9, 12)))
+  }
+}
+/**
+ * At most CONCURRENCY requests in flight, each on an idle connection. The collector closes
+ * connections idle for a few seconds (between the phases): such a one is replaced, and a
+ * request whose connection closed before any answer is sent again (the collector stores a
+ * message once per id, so a batch sent twice is stored once).
+ */
+const idle: Connection[] = []
+let open = 0
+const connectionWaiters: ((connection: Connection | undefined) => void)[] = []
+const post = async (request: Buffer): Promise<number> => {
+  for (let attempt = 0; ; attempt++) {
+    let connection = idle.pop()
+    while (connection?.closed) {
+      connection.destroy()
+      open--
+      connection = idle.pop()
+    }
+    if (!connection && open < CONCURRENCY) {
+      open++
+      connection = new Connection()
+    }
+    // a waiter handed undefined may open a connection of its own
+    connection ??= (await new Promise<Connection | undefined>((resolve) => connectionWaiters.push(resolve))) ?? (open++, new Connection())
+    try {
+      return await connection.send(request)
+    } catch (error) {
+      if (!connection.closed || attempt >= 3) throw error
+    } finally {
+      if (connection.closed) {
+        connection.destroy()
+        open--
+        connectionWaiters.shift()?.(undefined)
+      } else if (connectionWaiters.length > 0) connectionWaiters.shift()!(connection)
+      else idle.push(connection)
+    }
+  }
+}
 /** Posts a batch until the collector takes it (503 and 429 are retried, as SDKs do). */
 const send = async (body: Buffer) => {
   for (let attempt = 0; ; attempt++) {
@@ -183,6 +294,44 @@ const waitForRows = async (prefix: string, expected: number, progress: boolean) 
       lastReport = performance.now()
       log(`  ${n.toLocaleString('en')} / ${expected.toLocaleString('en')} rows committed`)
     }
+    // a count is a scan of the rows so far, on the same two cores: once a second, and the
+    // time of the last commit comes from the rows themselves (lastStoredAt)
+    await sleep(1_000)
+  }
+}
+/** Wall-clock ms of the last commit of these rows: stored_at is the start of the sink's transaction. */
+const lastStoredAt = async (prefix: string) => Number((await store.pool.query(`SELECT extract(epoch FROM max(stored_at)) * 1000 AS t FROM events WHERE project = 'bench' AND message_id LIKE $1`, [`${prefix}-%`])).rows[0].t)
+
+/**
+ * Waits until sessionize has been delivered every enriched message and sink-sessions has
+ * acknowledged (after its commit) every session message, with SEG_SESSIONS not growing for a
+ * second after: returns when that first held, and the CPU used by then.
+ */
+const waitForSessions = async () => {
+  let since: { at: number; cpu: Record<string, number>; seq: number } | undefined
+  let lastChange = performance.now()
+  let lastSeq = -1
+  for (;;) {
+    const seq = (await jsm.streams.info('SEG_SESSIONS')).state.last_seq
+    const sink = await jsm.consumers.info('SEG_SESSIONS', 'sink-sessions_SEG_SESSIONS')
+    // sessionize reads SEG_ENRICHED with ordered consumers (not durable): the only ones there in this run
+    let sessionizeDelivered = true
+    let ordered = 0
+    for await (const consumer of jsm.consumers.list('SEG_ENRICHED')) {
+      if (consumer.config.durable_name) continue
+      ordered++
+      if (consumer.num_pending > 0) sessionizeDelivered = false
+    }
+    const caughtUp = ordered > 0 && sessionizeDelivered && sink.num_pending === 0 && sink.num_ack_pending === 0
+    const now = performance.now()
+    if (seq !== lastSeq) {
+      lastSeq = seq
+      lastChange = now
+    }
+    if (!caughtUp) since = undefined
+    else if (!since || since.seq !== seq) since = { at: now, cpu: cpuNow(), seq }
+    else if (now - since.at >= 1_000) return since
+    if (now - lastChange > 120_000) throw new Error(`sessions stalled at SEG_SESSIONS sequence ${seq}`)
     await sleep(250)
   }
 }
@@ -197,8 +346,10 @@ const storedSoFar = async () => {
 // 2. Flood
 const storedBefore = await storedSoFar()
 const floodBodies = bodiesOf([...events('flood', EVENTS, 42, Date.parse('2019-05-01T00:00:00Z'))])
+const cpuBefore = cpuNow()
 log(`flood: ${floodBodies.length.toLocaleString('en')} batches of ${BATCH} over ${CONCURRENCY} connections`)
 const floodStart = performance.now()
+const floodStartWall = Date.now()
 let next = 0
 const sending = Promise.all(Array.from({ length: CONCURRENCY }, async () => {
   while (next < floodBodies.length) await send(floodBodies[next++]!)
@@ -206,7 +357,16 @@ const sending = Promise.all(Array.from({ length: CONCURRENCY }, async () => {
 const watching = waitForRows('flood', EVENTS, true)
 await sending
 const acceptedAt = performance.now()
-const committedAt = await watching
+await watching
+const rowsCommittedAt = floodStart + (await lastStoredAt('flood')) - floodStartWall
+// the sessions too: sessionize shares its process with enrich, and may still be behind
+const sessionsDone = await waitForSessions()
+const committedAt = Math.max(rowsCommittedAt, sessionsDone.at)
+log(`flood: last event row committed after ${((rowsCommittedAt - floodStart) / 1000).toFixed(1)} s, sessions done after ${((sessionsDone.at - floodStart) / 1000).toFixed(1)} s`)
+const cpuAfter = sessionsDone.at > rowsCommittedAt ? sessionsDone.cpu : cpuNow()
+const cpuPerEvent = Object.fromEntries(Object.entries(cpuAfter).map(([name, seconds]) => [name, Math.round((seconds - cpuBefore[name]!) * 1e6 / EVENTS)]))
+const cpuTotal = Object.values(cpuPerEvent).reduce((a, n) => a + n, 0)
+log(`flood cpu per event: ${Object.entries(cpuPerEvent).map(([k, v]) => `${k} ${v} µs`).join(', ')}; ${cpuTotal} µs in all (${((cpuTotal * EVENTS / 1e6) / ((committedAt - floodStart) / 1000)).toFixed(2)} cores busy)`)
 // every message stored because of the flood: raw, enriched, sessions, state writes, checkpoints
 const storedAfter = await storedSoFar()
 const hopsByStream: Record<string, number> = Object.fromEntries(Object.entries(storedAfter).map(([name, seq]) => [name, Number(((seq - (storedBefore[name] ?? 0)) / EVENTS).toFixed(3))]).filter(([, n]) => (n as number) > 0))
@@ -266,7 +426,7 @@ log(`checked: ${sent.toLocaleString('en')} sent, ${Number(stored.rows[0].n).toLo
 
 for (const child of Object.values(processes)) child.kill('SIGTERM')
 await Promise.all(Object.values(processes).map((child) => new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)))))
-agent.destroy()
+for (const connection of idle) connection.destroy()
 await store.close()
 await nc.close()
 await Promise.all([nats.close(), database.close()])
@@ -279,6 +439,7 @@ console.log(JSON.stringify({
   stored_hops: Number(STORED_HOPS.toFixed(2)),
   stored_hops_by_stream: hopsByStream,
   collector_flood_per_s: Math.round(collectorPerS),
+  flood_cpu_us_per_event: { ...cpuPerEvent, all: cpuTotal },
   steady_rate_per_s: steadyRate,
   steady_s: STEADY_S,
   peak_rss_mb: Object.fromEntries(Object.entries(peakRss).map(([k, v]) => [k, Math.round(v)])),

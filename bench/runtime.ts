@@ -4,7 +4,10 @@
  * same number of messages with pipelined acks, in the same run. Then the same with
  * keyed state for 1,000,000 distinct keys. Last line: JSON.
  *
- *   node bench/runtime.ts [--events 300000] [--keys 1000000] [--only pass-through|keyed]
+ *   node bench/runtime.ts [--events 300000] [--keys 1000000] [--users <keys>] [--only pass-through|keyed]
+ *
+ * The keyed phase sends --keys events of --users users (default: as many users as events,
+ * so every event is a new key; fewer users show what writing each key once per checkpoint saves).
  *
  * BENCH_PROFILE=dir writes a .cpuprofile of each phase's runtime part (not its baseline) there.
  */
@@ -29,9 +32,10 @@ import { keyGroupOf, stageFilter, subjectFor } from '../topology/subjects.ts'
 import { startNats } from '../test/harness/nats.ts'
 import { pipelinedPublishRate, type Prepared } from './baseline.ts'
 
-const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, keys: { type: 'string', default: '1000000' }, only: { type: 'string' } } })
+const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, keys: { type: 'string', default: '1000000' }, users: { type: 'string' }, only: { type: 'string' } } })
 const EVENTS = Number(values.events)
 const KEYS = Number(values.keys)
+const KEYED_USERS = Number(values.users ?? values.keys)
 const KEY_GROUPS = 64
 /** Baseline messages prepared at once. */
 const BASELINE_SLICE = 100_000
@@ -195,7 +199,7 @@ async function phase(name: string, operator: Operator<any, RawEventEnvelope>, pr
 
 const skipped = { perS: 0, baseline: 0, peakRssMb: 0, heapMb: 0, lost: 0, duplicated: 0, cpuUs: undefined }
 const pass = values.only === 'keyed' ? skipped : await phase('pass-through', passthrough, 'bench', EVENTS, 10_000)
-const keyed = values.only === 'pass-through' ? skipped : await phase(`keyed state, ${KEYS.toLocaleString('en')} keys`, counting, 'keyed', KEYS, KEYS)
+const keyed = values.only === 'pass-through' ? skipped : await phase(`keyed state, ${KEYS.toLocaleString('en')} events of ${KEYED_USERS.toLocaleString('en')} keys`, counting, 'keyed', KEYS, KEYED_USERS)
 console.log(JSON.stringify({
   events_per_s: Math.round(pass.perS),
   pipelined_publish_per_s: Math.round(pass.baseline),
@@ -205,6 +209,6 @@ console.log(JSON.stringify({
   lost: pass.lost,
   duplicated: pass.duplicated,
   cpu_us_per_event: pass.cpuUs,
-  keyed_state: { keys: KEYS, events_per_s: Math.round(keyed.perS), pipelined_publish_per_s: Math.round(keyed.baseline), peak_rss_mb: keyed.peakRssMb, heap_mb: keyed.heapMb, lost: keyed.lost, duplicated: keyed.duplicated, cpu_us_per_event: keyed.cpuUs },
+  keyed_state: { events: KEYS, keys: KEYED_USERS, events_per_s: Math.round(keyed.perS), pipelined_publish_per_s: Math.round(keyed.baseline), peak_rss_mb: keyed.peakRssMb, heap_mb: keyed.heapMb, lost: keyed.lost, duplicated: keyed.duplicated, cpu_us_per_event: keyed.cpuUs },
   target_events_per_s: 50_000,
 }))
