@@ -6,7 +6,7 @@ import type { Emission, MergeContext, Operator, StepResult } from '../runtime/op
 import { DEFAULT_HORIZON_MS as SESSION_HORIZON_MS, DEFAULT_MAX_SESSIONS } from '../sessionize/logic.ts'
 import { FUNNELS_STAGE, type FunnelProgressEnvelope } from './envelopes.ts'
 import {
-  compileFunnel, EXCLUSION_SHIFT, insert, PASSIVE_BIT, maskOf, mergeTracks, MODE_ANY_ORDER, newTrack, removeEvents, summarize,
+  compileFunnel, EXCLUSION_SHIFT, insert, PASSIVE_BIT, maskOf, mergeTracks, MODE_ANY_ORDER, newestOf, newTrack, removeEvents, summarizeTrack,
   type CompiledFunnel, type PropertyLookup, type Summary, type Track, type TrackLimits,
 } from './match.ts'
 
@@ -62,6 +62,8 @@ export interface SentProgress {
 }
 
 export interface UserFunnel {
+  /** The funnel's id. */
+  id: string
   track: Track
   sent?: SentProgress
   /** While in progress: when the status turns to dropped. */
@@ -80,7 +82,8 @@ export interface FunnelState {
   /** Empty until the first input. */
   canonicalId: string
   project: string
-  funnels: Record<string, UserFunnel>
+  /** An array rather than a map by id: at most a few entries, and one shape for all (a map keyed by funnel ids costs a dictionary per user). */
+  funnels: UserFunnel[]
   /** Session starts seen, within the horizon (only when a funnel uses `$session_start`). */
   sessions: Record<string, SeenSession>
   /** Of the last input that changed the state: what a timer's messages carry. */
@@ -252,16 +255,16 @@ function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source
 }
 
 /** Publishes the (user, funnel)'s result if it differs from what was last published; returns the entry with it. */
-function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, id: string, entry: UserFunnel, watermark: number): UserFunnel {
+function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, entry: UserFunnel, watermark: number): UserFunnel {
   const { track } = entry
-  const summary = summarize(track.head, track.n, track.w, watermark)
+  const summary = summarizeTrack(track, watermark)
   const sent = entry.sent
   const unchanged = sent
     ? sent.l === summary.level && sent.s === summary.status && sent.b === summary.breakdown && (sent.tt === summary.stepTimes || sameTimes(sent.tt, summary.stepTimes))
     : summary.level === 0
   if (unchanged && entry.wake === summary.wakeAt) return entry
-  const next: UserFunnel = { track }
-  const nextSent = unchanged ? sent : publish(out, owner, state, { id, version: track.v, steps: track.n }, sent, summary)
+  const next: UserFunnel = { id: entry.id, track }
+  const nextSent = unchanged ? sent : publish(out, owner, state, { id: entry.id, version: track.v, steps: track.n }, sent, summary)
   if (nextSent !== undefined) next.sent = nextSent
   if (summary.wakeAt !== undefined) next.wake = summary.wakeAt
   return next
@@ -287,12 +290,13 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
   const maxTrackedSessions = Math.max(1, options.maxTrackedSessions ?? DEFAULT_MAX_SESSIONS)
   const ownerOf = (canonicalId: string, project: string) => new Owner(canonicalId, project, options.keyGroups)
 
-  const empty = (): FunnelState => ({ canonicalId: '', project: '', funnels: {}, sessions: {}, source: 'live', origin: { stream: '', seq: 0 } })
+  const empty = (): FunnelState => ({ canonicalId: '', project: '', funnels: [], sessions: {}, source: 'live', origin: { stream: '', seq: 0 } })
 
   function withWakeAt(state: FunnelState, emit: Emission[], late = false): StepResult<FunnelState> {
     let wakeAt: number | undefined
-    for (const id in state.funnels) {
-      const wake = state.funnels[id]!.wake
+    const funnels = state.funnels
+    for (let index = 0; index < funnels.length; index++) {
+      const wake = funnels[index]!.wake
       if (wake !== undefined && (wakeAt === undefined || wake < wakeAt)) wakeAt = wake
     }
     const result: StepResult<FunnelState> = { state, emit }
@@ -304,56 +308,74 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
   /** Nothing changed: a user with nothing tracked keeps no state at all. */
   const unchanged = (state: FunnelState): StepResult<FunnelState> => (isEmpty(state) ? { state: undefined, emit: [] } : withWakeAt(state, []))
 
-  /** The user's entry for a funnel under its current definition (a new version starts afresh). */
-  const entryOf = (state: FunnelState, funnel: CompiledFunnel): UserFunnel => {
-    const entry = Object.hasOwn(state.funnels, funnel.id) ? state.funnels[funnel.id] : undefined
-    return entry && entry.track.v === funnel.version ? entry : { track: newTrack(funnel) }
+  /** The position of the user's entry for a funnel under its current definition, or -1. */
+  function indexOf(funnels: UserFunnel[], funnel: CompiledFunnel): number {
+    for (let index = 0; index < funnels.length; index++) if (funnels[index]!.id === funnel.id) return index
+    return -1
   }
 
   /** Drops the entries of funnels deleted or redefined since. */
   function reconcile(state: FunnelState, project: CompiledProject | undefined): FunnelState {
     if (project !== undefined && state.d === project.stamp) return state
-    let funnels = state.funnels
-    for (const id in state.funnels) {
-      if (project?.byId.get(id)?.version !== state.funnels[id]!.track.v) {
-        if (funnels === state.funnels) funnels = { ...state.funnels }
-        delete funnels[id]
-      }
-    }
+    const funnels = state.funnels.filter((entry) => project?.byId.get(entry.id)?.version === entry.track.v)
     const sessions = project && project.sessions.length > 0 ? state.sessions : {}
     return { ...state, funnels, sessions, ...(project ? { d: project.stamp } : {}) }
   }
 
+  /** Puts an entry in place of the funnel's (or adds it); `funnels` is the caller's copy. Returns its position. */
+  function place(funnels: UserFunnel[], entry: UserFunnel): number {
+    for (let index = 0; index < funnels.length; index++) {
+      if (funnels[index]!.id === entry.id) {
+        funnels[index] = entry
+        return index
+      }
+    }
+    funnels.push(entry)
+    return funnels.length - 1
+  }
+
   function onEnriched(state: FunnelState, project: CompiledProject, envelope: EnrichedEventEnvelope, origin: Origin, watermark: number): StepResult<FunnelState> {
-    const name = envelope.data.name
-    if (name.startsWith(RESERVED_PREFIX) || (envelope.data.context?.bot === true && !options.countBots)) return unchanged(state)
+    const data = envelope.data
+    const name = data.name
+    if (name.startsWith(RESERVED_PREFIX) || (data.context?.bot === true && !options.countBots)) return unchanged(state)
     const concerned = concernedBy(project, name)
     if (concerned.length === 0) return unchanged(state)
     const time = envelope.time
-    const id = envelope.data.message.messageId
+    const id = data.message.messageId
     let lookup: PropertyLookup | undefined
-    let funnels: Record<string, UserFunnel> | undefined
+    let funnels: UserFunnel[] | undefined
     let late = false
-    const touched: string[] = []
-    for (const funnel of concerned) {
+    let touched: string[] | undefined
+    for (let at = 0; at < concerned.length; at++) {
+      const funnel = concerned[at]!
       lookup ??= eventLookup(envelope)
       const mask = maskOf(funnel, name, lookup)
       if (mask === 0 && !funnel.everyEvent) continue
-      const entry = entryOf(state, funnel)
+      const index = indexOf(state.funnels, funnel)
+      const entry = index >= 0 ? state.funnels[index]! : { id: funnel.id, track: newTrack(funnel) }
       const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
       const { track, outcome } = insert(funnel, entry.track, time, id, mask, breakdown, limits, watermark)
       if (outcome === 'late') late = true
       if (outcome !== 'applied') continue
-      funnels ??= { ...state.funnels }
-      funnels[funnel.id] = { ...entry, track }
-      touched.push(funnel.id)
+      funnels ??= state.funnels.slice()
+      const changed: UserFunnel = { id: entry.id, track }
+      if (entry.sent !== undefined) changed.sent = entry.sent
+      if (entry.wake !== undefined) changed.wake = entry.wake
+      place(funnels, changed)
+      ;(touched ??= []).push(entry.id)
     }
     if (funnels === undefined) return late ? { ...unchanged(state), late } : unchanged(state)
     const next: FunnelState = {
-      canonicalId: state.canonicalId || envelope.data.canonicalId, project: state.project || envelope.project,
+      canonicalId: state.canonicalId || data.canonicalId, project: state.project || envelope.project,
       funnels, sessions: state.sessions, source: envelope.source, origin, d: project.stamp,
     }
-    return finish(next, touched, watermark, late)
+    const out: Emission[] = []
+    const owner = ownerOf(next.canonicalId, next.project)
+    for (let index = 0; index < funnels.length; index++) {
+      const entry = funnels[index]!
+      if (touched!.includes(entry.id)) funnels[index] = report(out, owner, next, entry, watermark)
+    }
+    return withWakeAt(next, out, late)
   }
 
   function onSession(state: FunnelState, project: CompiledProject, envelope: SessionEnvelope, origin: Origin, watermark: number): StepResult<FunnelState> {
@@ -370,11 +392,12 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     if (known && !known.r && !retracted && known.t === session.start) return withWakeAt(base, []) // a later version, same start: the step event is unchanged
     const id = `${SESSION_EVENT_PREFIX}${session.sessionId}`
     const lookup = sessionLookup(session)
-    const funnels = { ...state.funnels }
-    const touched: string[] = []
+    const funnels = state.funnels.slice()
+    const touched: number[] = []
     let late = false
     for (const funnel of project.sessions) {
-      let entry = entryOf(state, funnel)
+      const index = indexOf(funnels, funnel)
+      const entry = index >= 0 ? funnels[index]! : { id: funnel.id, track: newTrack(funnel) }
       let track = entry.track
       if (known && !known.r) track = removeEvents(funnel, track, new Set([id]))
       if (!retracted) {
@@ -387,20 +410,15 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
         }
       }
       if (track === entry.track) continue
-      entry = { ...entry, track }
-      funnels[funnel.id] = entry
-      touched.push(funnel.id)
+      touched.push(place(funnels, { ...entry, track }))
     }
     // too late everywhere: not even remembered, so a copy of it is refused again rather than taken for a duplicate
     if (late && touched.length === 0) return { ...unchanged(state), late }
-    return finish({ ...base, funnels }, touched, watermark, late)
-  }
-
-  function finish(state: FunnelState, touched: string[], watermark: number, late: boolean): StepResult<FunnelState> {
+    const next: FunnelState = { ...base, funnels }
     const out: Emission[] = []
-    const owner = ownerOf(state.canonicalId, state.project)
-    for (const id of touched) state.funnels[id] = report(out, owner, state, id, state.funnels[id]!, watermark)
-    return withWakeAt(state, out, late)
+    const owner = ownerOf(next.canonicalId, next.project)
+    for (const index of touched) funnels[index] = report(out, owner, next, funnels[index]!, watermark)
+    return withWakeAt(next, out, late)
   }
 
   return {
@@ -423,15 +441,16 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     },
     onTimer(state, now) {
       const out: Emission[] = []
-      const owner = ownerOf(state.canonicalId, state.project)
-      let funnels = state.funnels
-      for (const id in state.funnels) {
-        const entry = state.funnels[id]!
+      let funnels: UserFunnel[] | undefined
+      let owner: Owner | undefined
+      for (let index = 0; index < state.funnels.length; index++) {
+        const entry = state.funnels[index]!
         if (entry.wake === undefined || entry.wake > now) continue
-        if (funnels === state.funnels) funnels = { ...state.funnels }
-        funnels[id] = report(out, owner, state, id, entry, now)
+        funnels ??= state.funnels.slice()
+        owner ??= ownerOf(state.canonicalId, state.project)
+        funnels[index] = report(out, owner, state, entry, now)
       }
-      return withWakeAt(funnels === state.funnels ? state : { ...state, funnels }, out)
+      return withWakeAt(funnels === undefined ? state : { ...state, funnels }, out)
     },
     mergeInto(into, from, context: MergeContext) {
       const project = compiledOf(context.control)
@@ -439,41 +458,41 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       const out: Emission[] = []
       // what was published under the anonymous id ends there: the user's messages carry it from now on
       const fromOwner = ownerOf(from.canonicalId || context.from, projectId)
-      for (const id in from.funnels) {
-        const entry = from.funnels[id]!
+      for (const entry of from.funnels) {
         if (entry.sent === undefined || entry.sent.s === 'none') continue
-        const none: Summary = { level: 0, status: 'none', stepTimes: [], asOf: Math.max(context.watermark, entry.track.head.nt ?? Number.NEGATIVE_INFINITY) }
-        publish(out, fromOwner, from, { id, version: entry.track.v, steps: entry.track.n }, entry.sent, none, context.into)
+        const none: Summary = { level: 0, status: 'none', stepTimes: [], asOf: Math.max(context.watermark, newestOf(entry.track) ?? Number.NEGATIVE_INFINITY) }
+        publish(out, fromOwner, from, { id: entry.id, version: entry.track.v, steps: entry.track.n }, entry.sent, none, context.into)
       }
       // sessionize announces the anonymous id's sessions again under the user, with new ids
       const reannounced = new Set(Object.keys(from.sessions).filter((sessionId) => !from.sessions[sessionId]!.r).map((sessionId) => `${SESSION_EVENT_PREFIX}${sessionId}`))
       const base: FunnelState = into ?? { ...empty(), canonicalId: context.into, project: projectId, source: from.source, origin: from.origin }
-      const funnels: Record<string, UserFunnel> = {}
-      const touched: string[] = []
+      const funnels: UserFunnel[] = []
+      const touched: number[] = []
       for (const funnel of project?.funnels ?? []) {
-        const mine = into && Object.hasOwn(into.funnels, funnel.id) && into.funnels[funnel.id]!.track.v === funnel.version ? into.funnels[funnel.id] : undefined
-        const theirs = Object.hasOwn(from.funnels, funnel.id) && from.funnels[funnel.id]!.track.v === funnel.version ? from.funnels[funnel.id] : undefined
+        const current = (entry: UserFunnel) => entry.id === funnel.id && entry.track.v === funnel.version
+        const mine = into?.funnels.find(current)
+        const theirs = from.funnels.find(current)
         if (!theirs) {
-          if (mine) funnels[funnel.id] = mine
+          if (mine) funnels.push(mine)
           continue
         }
         const moved = reannounced.size > 0 ? removeEvents(funnel, theirs.track, reannounced) : theirs.track
         const track = mine ? mergeTracks(funnel, mine.track, moved, limits, context.watermark) : moved
-        funnels[funnel.id] = { track, ...optionalSent(mine?.sent) }
-        touched.push(funnel.id)
+        touched.push(funnels.length)
+        funnels.push({ id: funnel.id, track, ...optionalSent(mine?.sent) })
       }
       const sessions = project && project.sessions.length > 0 ? base.sessions : {}
-      if (Object.keys(funnels).length === 0 && Object.keys(sessions).length === 0) return { state: undefined, emit: out }
+      if (funnels.length === 0 && Object.keys(sessions).length === 0) return { state: undefined, emit: out }
       const state: FunnelState = { ...base, canonicalId: context.into, project: projectId, funnels, sessions, ...(project ? { d: project.stamp } : {}) }
       const owner = ownerOf(context.into, projectId)
-      for (const id of touched) state.funnels[id] = report(out, owner, state, id, state.funnels[id]!, context.watermark)
+      for (const index of touched) funnels[index] = report(out, owner, state, funnels[index]!, context.watermark)
       return withWakeAt(state, out)
     },
   }
 }
 
 function isEmpty(state: FunnelState): boolean {
-  for (const _ in state.funnels) return false
+  if (state.funnels.length > 0) return false
   for (const _ in state.sessions) return false
   return true
 }

@@ -160,15 +160,12 @@ export interface Attempt {
   b?: string
 }
 
-/** What processing a user's events in (time, id) order leaves. Plain data. */
+/** What processing a user's events in (time, id) order leaves. Plain data; shared, never mutated. */
 export interface MatchState {
   /** Attempts that may still advance: not broken, not discarded, window open at the newest event. */
   live: Attempt[]
   /** The best attempt that can no longer change (closed, broken, complete, or replaced by a later one at its level). */
   best?: Attempt
-  /** The newest event processed. */
-  nt?: number
-  nid?: string
 }
 
 export const emptyMatch = (): MatchState => ({ live: [] })
@@ -184,8 +181,13 @@ export function better(a: Attempt, b: Attempt): boolean {
 
 const precedes = (time: number, id: string, otherTime: number, otherId: string) => time < otherTime || (time === otherTime && id < otherId)
 
-function settle(state: MatchState, attempt: Attempt) {
-  if (state.best === undefined || better(attempt, state.best)) state.best = attempt
+/** Where final attempts go while an event is applied. */
+interface Settled {
+  best: Attempt | undefined
+}
+
+function settle(settled: Settled, attempt: Attempt) {
+  if (settled.best === undefined || better(attempt, settled.best)) settled.best = attempt
 }
 
 function exposed(funnel: CompiledFunnel, level: number, mask: number): boolean {
@@ -201,12 +203,11 @@ function exposed(funnel: CompiledFunnel, level: number, mask: number): boolean {
  * final as they stand. Not with exclusions: there a later attempt can be discarded after an
  * earlier one closed, and the earlier one then counts.
  */
-function prune(funnel: CompiledFunnel, state: MatchState, live: Attempt[]): Attempt[] {
+function prune(funnel: CompiledFunnel, settled: Settled, live: Attempt[]): Attempt[] {
   if (live.length < 2) return live
   if (funnel.exclusions.length > 0) {
     if (live.length <= MAX_LIVE_ATTEMPTS) return live
-    const dropped = live.slice(0, live.length - MAX_LIVE_ATTEMPTS)
-    for (const attempt of dropped) settle(state, attempt)
+    for (const attempt of live.slice(0, live.length - MAX_LIVE_ATTEMPTS)) settle(settled, attempt)
     return live.slice(live.length - MAX_LIVE_ATTEMPTS)
   }
   const anyOrder = funnel.mode === MODE_ANY_ORDER
@@ -231,7 +232,7 @@ function prune(funnel: CompiledFunnel, state: MatchState, live: Attempt[]): Atte
     const key = anyOrder ? attempt.d : attempt.l
     const taken = anyOrder ? seenSets!.has(key) : (seen & (1 << key)) !== 0
     if (taken) {
-      settle(state, attempt)
+      settle(settled, attempt)
       continue
     }
     if (anyOrder) seenSets!.add(key)
@@ -246,25 +247,29 @@ function attemptOf(s: number, sid: string, l: number, d: number, tt: number[], c
   return b === undefined ? { s, sid, l, d, tt, ct, cid } : { s, sid, l, d, tt, ct, cid, b }
 }
 
+function matchOf(live: Attempt[], best: Attempt | undefined): MatchState {
+  return best === undefined ? { live } : { live, best }
+}
+
 /**
- * Applies one event, later in (time, id) than every event already processed, to a copy of
- * `state` (the input is not changed; attempts are shared, never mutated).
+ * Applies one event, later in (time, id) than every event already processed. Returns a new state,
+ * or `state` itself when the event changes nothing (most events of a strict funnel's other kinds);
+ * the input is never changed and attempts are shared.
  */
 export function advance(funnel: CompiledFunnel, state: MatchState, time: number, id: string, mask: number, breakdown?: string): MatchState {
-  const next: MatchState = { live: state.live, nt: time, nid: id }
-  if (state.best !== undefined) next.best = state.best
   const windowMs = funnel.windowMs
   const anyOrder = funnel.mode === MODE_ANY_ORDER
   const strict = funnel.mode === MODE_STRICT
   const stepMask = mask & STEP_BITS
   const old = state.live
+  const settled: Settled = { best: state.best }
   // copied at the first attempt that changes: most events leave every attempt as it was
   let live: Attempt[] | undefined
   for (let index = 0; index < old.length; index++) {
     const attempt = old[index]!
     let kept: Attempt | undefined = attempt
     if (attempt.s + windowMs < time) {
-      settle(next, attempt) // its window closed before this event
+      settle(settled, attempt) // its window closed before this event
       kept = undefined
     } else {
       let bit = 0
@@ -279,7 +284,7 @@ export function advance(funnel: CompiledFunnel, state: MatchState, time: number,
         tt.push(time)
         const advanced = attemptOf(attempt.s, attempt.sid, attempt.l + 1, anyOrder ? attempt.d | bit : 0, tt, time, id, attempt.b)
         if (advanced.l === funnel.steps) {
-          settle(next, advanced)
+          settle(settled, advanced)
           kept = undefined
         } else {
           kept = advanced
@@ -287,7 +292,7 @@ export function advance(funnel: CompiledFunnel, state: MatchState, time: number,
       } else if (mask >>> EXCLUSION_SHIFT !== 0 && exposed(funnel, attempt.l, mask)) {
         kept = undefined // discarded: counts for nothing
       } else if (strict && (mask & PASSIVE_BIT) === 0) {
-        settle(next, attempt) // broken by another event: final at its level
+        settle(settled, attempt) // broken by another event: final at its level
         kept = undefined
       }
     }
@@ -298,8 +303,9 @@ export function advance(funnel: CompiledFunnel, state: MatchState, time: number,
     live ??= old.slice()
     live.push(attemptOf(time, id, 1, anyOrder ? stepMask & -stepMask : 0, [time], time, id, breakdown))
   }
-  if (live !== undefined) next.live = prune(funnel, next, live)
-  return next
+  if (live === undefined) return settled.best === state.best ? state : matchOf(old, settled.best)
+  const pruned = prune(funnel, settled, live)
+  return matchOf(pruned, settled.best)
 }
 
 export interface Summary {
@@ -313,12 +319,12 @@ export interface Summary {
   wakeAt?: number
 }
 
-/** The user's result as of `watermark`: the counted attempt and whether it can still go further. */
-export function summarize(state: MatchState, steps: number, windowMs: number, watermark: number): Summary {
+/** The user's result as of the later of `watermark` and `newest` (their newest event): the counted attempt and whether it can still go further. */
+export function summarize(state: MatchState, steps: number, windowMs: number, watermark: number, newest: number | undefined): Summary {
   let top = state.best
   const live = state.live
   for (let index = 0; index < live.length; index++) if (top === undefined || better(live[index]!, top)) top = live[index]!
-  const asOf = state.nt !== undefined && state.nt > watermark ? state.nt : watermark
+  const asOf = newest !== undefined && newest > watermark ? newest : watermark
   if (top === undefined) return { level: 0, status: 'none', stepTimes: [], asOf }
   const summary: Summary = { level: top.l, status: 'dropped', stepTimes: top.tt, asOf }
   if (top.b !== undefined && top.b !== '') summary.breakdown = top.b
@@ -373,6 +379,26 @@ export interface TrackLimits {
 export const newTrack = (funnel: CompiledFunnel): Track =>
   ({ v: funnel.version, n: funnel.steps, w: funnel.windowMs, base: emptyMatch(), head: emptyMatch(), t: [], i: [], m: [], ...(funnel.breakdown === undefined ? {} : { b: [] }) })
 
+/** The newest event the track has seen (buffered, else the last folded). */
+export function newestOf(track: Track): number | undefined {
+  return track.t.length > 0 ? track.t[track.t.length - 1] : track.cutT
+}
+
+/** The track's result as of the watermark. */
+export const summarizeTrack = (track: Track, watermark: number): Summary => summarize(track.head, track.n, track.w, watermark, newestOf(track))
+
+function trackOf(
+  track: Track, base: MatchState, head: MatchState, t: number[], i: string[], m: number[], b: string[] | undefined, cutT: number | undefined, cutI: string | undefined,
+): Track {
+  const next: Track = { v: track.v, n: track.n, w: track.w, base, head, t, i, m }
+  if (b !== undefined) next.b = b
+  if (cutT !== undefined) {
+    next.cutT = cutT
+    next.cutI = cutI!
+  }
+  return next
+}
+
 /** Replays every buffered event onto `base`. */
 export function replay(funnel: CompiledFunnel, track: Track): MatchState {
   let state = track.base
@@ -385,18 +411,21 @@ function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits, waterma
   const count = track.t.length
   if (count === 0) return track
   const oldest = watermark - limits.horizonMs
-  let drop = Math.max(0, count - limits.maxEvents)
+  let drop = count > limits.maxEvents ? count - limits.maxEvents : 0
   while (drop < count && track.t[drop]! < oldest) drop++
   if (drop === 0) return track
   let base = track.base
   for (let index = 0; index < drop; index++) base = advance(funnel, base, track.t[index]!, track.i[index]!, track.m[index]!, track.b?.[index])
-  return {
-    ...track, base, t: track.t.slice(drop), i: track.i.slice(drop), m: track.m.slice(drop),
-    ...(track.b ? { b: track.b.slice(drop) } : {}), cutT: track.t[drop - 1]!, cutI: track.i[drop - 1]!,
-  }
+  return trackOf(track, base, track.head, track.t.slice(drop), track.i.slice(drop), track.m.slice(drop), track.b?.slice(drop), track.t[drop - 1]!, track.i[drop - 1]!)
 }
 
 export type InsertOutcome = 'applied' | 'duplicate' | 'late'
+
+function appended<T>(values: T[], value: T): T[] {
+  const copy = values.slice()
+  copy.push(value)
+  return copy
+}
 
 /**
  * Adds one event. In (time, id) order it advances `head` directly; out of order it is placed in
@@ -419,12 +448,13 @@ export function insert(
     position = low
     if (track.t[position] === time && track.i[position] === id) return { track, outcome: 'duplicate' }
   }
+  const value = track.b ? breakdown ?? '' : undefined
   let next: Track
   if (position === count) {
-    next = {
-      ...track, t: [...track.t, time], i: [...track.i, id], m: [...track.m, mask], ...(track.b ? { b: [...track.b, breakdown ?? ''] } : {}),
-      head: advance(funnel, track.head, time, id, mask, track.b ? breakdown ?? '' : undefined),
-    }
+    next = trackOf(
+      track, track.base, advance(funnel, track.head, time, id, mask, value),
+      appended(track.t, time), appended(track.i, id), appended(track.m, mask), track.b ? appended(track.b, value!) : undefined, track.cutT, track.cutI,
+    )
   } else {
     const t = track.t.slice()
     const i = track.i.slice()
@@ -435,10 +465,10 @@ export function insert(
     let b: string[] | undefined
     if (track.b) {
       b = track.b.slice()
-      b.splice(position, 0, breakdown ?? '')
+      b.splice(position, 0, value!)
     }
-    next = { ...track, t, i, m, ...(b ? { b } : {}) }
-    next = { ...next, head: replay(funnel, next) }
+    next = trackOf(track, track.base, track.head, t, i, m, b, track.cutT, track.cutI)
+    next.head = replay(funnel, next)
   }
   return { track: trim(funnel, next, limits, watermark), outcome: 'applied' }
 }
@@ -448,26 +478,20 @@ export function removeEvents(funnel: CompiledFunnel, track: Track, ids: Readonly
   const keep: number[] = []
   for (let index = 0; index < track.i.length; index++) if (!ids.has(track.i[index]!)) keep.push(index)
   if (keep.length === track.i.length) return track
-  const next: Track = {
-    ...track, t: keep.map((index) => track.t[index]!), i: keep.map((index) => track.i[index]!), m: keep.map((index) => track.m[index]!),
-    ...(track.b ? { b: keep.map((index) => track.b![index]!) } : {}),
-  }
-  return { ...next, head: replay(funnel, next) }
+  const next = trackOf(
+    track, track.base, track.head, keep.map((index) => track.t[index]!), keep.map((index) => track.i[index]!), keep.map((index) => track.m[index]!),
+    track.b ? keep.map((index) => track.b![index]!) : undefined, track.cutT, track.cutI,
+  )
+  next.head = replay(funnel, next)
+  return next
 }
 
 /** Two match states of different event logs side by side: their attempts together (pruned as usual) and the better best. */
 function combine(funnel: CompiledFunnel, a: MatchState, b: MatchState): MatchState {
-  const state: MatchState = { live: [] }
-  const best = a.best && b.best ? (better(a.best, b.best) ? a.best : b.best) : a.best ?? b.best
-  if (best !== undefined) state.best = best
-  const newest = a.nt !== undefined && (b.nt === undefined || precedes(b.nt, b.nid!, a.nt, a.nid!)) ? a : b
-  if (newest.nt !== undefined) {
-    state.nt = newest.nt
-    state.nid = newest.nid!
-  }
+  const settled: Settled = { best: a.best && b.best ? (better(a.best, b.best) ? a.best : b.best) : a.best ?? b.best }
   const live = [...a.live, ...b.live].sort((x, y) => (precedes(x.s, x.sid, y.s, y.sid) ? -1 : 1))
-  state.live = prune(funnel, state, live)
-  return state
+  const pruned = prune(funnel, settled, live)
+  return matchOf(pruned, settled.best)
 }
 
 /**
@@ -492,11 +516,13 @@ export function mergeTracks(funnel: CompiledFunnel, into: Track, from: Track, li
   if (cut) {
     // the other's events up to the cut: folded on their side, then the two histories side by side
     let otherBase = other.base
+    let folded = other.cutT !== undefined
     while (otherFrom < other.t.length && !precedes(cut.t, cut.i, other.t[otherFrom]!, other.i[otherFrom]!)) {
       otherBase = advance(funnel, otherBase, other.t[otherFrom]!, other.i[otherFrom]!, other.m[otherFrom]!, other.b?.[otherFrom])
       otherFrom++
+      folded = true
     }
-    if (otherBase.nt !== undefined || otherBase.best !== undefined || otherBase.live.length > 0) base = combine(funnel, base, otherBase)
+    if (folded) base = combine(funnel, base, otherBase)
   }
   const t: number[] = []
   const i: string[] = []
@@ -517,9 +543,12 @@ export function mergeTracks(funnel: CompiledFunnel, into: Track, from: Track, li
     if (y >= other.t.length || (x < keeper.t.length && !precedes(other.t[y]!, other.i[y]!, keeper.t[x]!, keeper.i[x]!))) push(keeper, x++)
     else push(other, y++)
   }
-  const merged: Track = {
-    v: funnel.version, n: funnel.steps, w: funnel.windowMs, base, head: base, t, i, m, ...(b ? { b } : {}),
-    ...(cut ? { cutT: cut.t, cutI: cut.i } : {}),
+  const merged: Track = { v: funnel.version, n: funnel.steps, w: funnel.windowMs, base, head: base, t, i, m }
+  if (b) merged.b = b
+  if (cut) {
+    merged.cutT = cut.t
+    merged.cutI = cut.i
   }
-  return trim(funnel, { ...merged, head: replay(funnel, merged) }, limits, watermark)
+  merged.head = replay(funnel, merged)
+  return trim(funnel, merged, limits, watermark)
 }

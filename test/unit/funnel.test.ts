@@ -239,8 +239,8 @@ t.test('an event more than the horizon behind the watermark is not applied: late
   runtime.jump(T0 + 3 * HOUR)
   runtime.event(at(3 * 60 + 1, 'A'))
   const state = runtime.states.get('u1')!.state
-  t.equal(state.funnels.f!.track.t.length, 1, 'the first A left the buffer; its attempt lives on in the base')
-  t.equal(state.funnels.f!.track.cutT, T0)
+  t.equal(state.funnels.find((entry) => entry.id === 'f')!.track.t.length, 1, 'the first A left the buffer; its attempt lives on in the base')
+  t.equal(state.funnels.find((entry) => entry.id === 'f')!.track.cutT, T0)
   runtime.event(at(1, 'B'))
   t.equal(runtime.lates, 0, 'after the cut: applied')
   t.match(runtime.latest('f'), { level: 2, stepTimes: stepTimes(0, 1) })
@@ -253,7 +253,7 @@ t.test('an event more than the horizon behind the watermark is not applied: late
 t.test('the buffer keeps at most maxEvents events', async (t) => {
   const runtime = runtimeWith(funnel({ mode: 'strict' }), { operator: { maxEvents: 3 } })
   for (let minute = 0; minute < 10; minute++) runtime.event(at(minute, minute % 2 === 0 ? 'A' : 'noise'))
-  const track = runtime.states.get('u1')!.state.funnels.f!.track
+  const track = runtime.states.get('u1')!.state.funnels.find((entry) => entry.id === 'f')!.track
   t.equal(track.t.length, 3)
   t.equal(track.cutT, T0 + 6 * MINUTE)
   t.match(runtime.latest('f'), { level: 1 })
