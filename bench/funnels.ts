@@ -96,9 +96,9 @@ function makeEvents(seed: number): EnrichedEventEnvelope[] {
   // arrival: in time order, but 3% of events arrive up to an hour late (and 1% twice, below)
   const arrival = events.map((event) => event.time + (next() < 0.03 ? Math.floor(next() * HOUR) : 0))
   const order = events.map((_, index) => index).sort((a, b) => arrival[a]! - arrival[b]!)
-  events.splice(0, events.length, ...order.map((index) => events[index]!))
+  const arriving = order.map((index) => events[index]!)
   const withDuplicates: EnrichedEventEnvelope[] = []
-  for (const event of events) {
+  for (const event of arriving) {
     withDuplicates.push(event)
     if (next() < 0.01) withDuplicates.push(event)
   }
