@@ -12,7 +12,7 @@ import { eventually, startSystem, type System } from './harness/system.ts'
 
 // The simulator's 2019 users go through the whole pipeline (collector import -> enrich ->
 // sessionize -> profile -> sinks); the profiles table must then give, for every dimension,
-// exactly the answers the simulator computed on its own from the log.
+// through the exploration API, exactly the answers the simulator computed on its own from the log.
 
 const TIMEZONE = 'Europe/Berlin'
 const LATENESS_MS = 5 * 60_000 // the project's default allowed lateness
@@ -40,17 +40,21 @@ function closingHits(time: number) {
     const keyGroup = keyGroupOf(id, KEY_GROUPS)
     if (covered.has(keyGroup)) continue
     covered.add(keyGroup)
-    hits.push({ type: 'page', messageId: `closing-${i}`, anonymousId: id, timestamp: new Date(time).toISOString(), context: { userAgent: GOOGLEBOT_USER_AGENT, ip: '66.249.66.1' } })
+    hits.push({ type: 'page', messageId: `closing-${time}-${i}`, anonymousId: id, timestamp: new Date(time).toISOString(), context: { userAgent: GOOGLEBOT_USER_AGENT, ip: '66.249.66.1' } })
   }
   return hits
 }
 
 type Counts = Record<string, number>
 
-async function countsBy(system: System, project: string, column: string): Promise<Counts> {
-  const result = await system.store.pool.query<{ value: string | null; users: string }>(
-    `SELECT ${column} AS value, count(*) AS users FROM profiles WHERE project = $1 AND merged_into IS NULL GROUP BY 1 ORDER BY 1`, [project])
-  return Object.fromEntries(result.rows.map((row) => [row.value ?? 'unknown', Number(row.users)]))
+/** Users counted by one dimension through the exploration API (POST /v1/explore/counts). */
+async function countsBy(system: System, apiKey: string, dimension: string, filter?: object): Promise<Counts> {
+  const response = await system.app.inject({
+    method: 'POST', url: '/v1/explore/counts', headers: { authorization: `Bearer ${apiKey}` }, payload: { dimension, ...(filter ? { filter } : {}), limit: 1000 },
+  })
+  if (response.statusCode !== 200) throw new Error(`explore answered ${response.statusCode}: ${response.body}`)
+  const body = response.json() as { total: number; groups: { value: unknown; count: number }[] }
+  return Object.fromEntries(body.groups.map((group) => [group.value === null ? 'unknown' : String(group.value), group.count]).sort(([a], [b]) => (a! < b! ? -1 : 1)))
 }
 
 /** Counts without empty cells, keys sorted: what a GROUP BY gives. */
@@ -64,7 +68,8 @@ for (const [index, target] of DATABASE_TARGETS.entries()) {
     const newest = Math.max(...log.map((message) => Date.parse(message.timestamp)))
     // two days on, at noon: past every coalescing delay and session gap
     const closing = Math.ceil(newest / 86_400_000) * 86_400_000 + 36 * 3_600_000
-    const expected: ExpectedAnswers = computeExpected(log, { timezone: TIMEZONE, cohortMonth: '2019-05', engagementAsOf: closing - LATENESS_MS })
+    const HOUR = 3_600_000
+    const expected: ExpectedAnswers = computeExpected(log, { timezone: TIMEZONE, cohortMonth: '2019-05', engagementAsOf: closing + HOUR - LATENESS_MS })
 
     const directory = await mkdtemp(join(tmpdir(), 'segstream-geo-'))
     const mmdb = join(directory, 'countries.mmdb')
@@ -72,12 +77,11 @@ for (const [index, target] of DATABASE_TARGETS.entries()) {
     const system = await startSystem({ database: target.start, poolSize: target.poolSize, keyGroups: KEY_GROUPS, geo: await openGeo(mmdb) })
     t.teardown(async () => { await system.close(); await rm(directory, { recursive: true, force: true }) })
     const { project, apiKey } = await system.createProject('sim', TIMEZONE)
-    await system.startOperators(process.env.STEPS ? process.env.STEPS.split(",") : [])
+    await system.startOperators()
 
     await importAll(system, apiKey, log)
-    await importAll(system, apiKey, closingHits(closing))
 
-    const engagement = async () => withoutZeros(await countsBy(system, project.id, 'engagement_level'))
+    const engagement = async () => withoutZeros(await countsBy(system, apiKey, 'engagement'))
     // Sessions are compared for people with one id only: for a person whose anonymous ids were
     // linked, the pipeline's session count is off by a few today (a known defect, docs/sessions.md
     // "Known defect"; DEBUG_SESSIONS=1 prints the people who differ).
@@ -93,6 +97,15 @@ for (const [index, target] of DATABASE_TARGETS.entries()) {
     }
     const snapshot = async () => JSON.stringify({ engagement: await engagement(), sessions: await sessionSums() })
     const wanted = JSON.stringify({ engagement: withoutZeros(expected.users.byEngagement), sessions: { table: expectedSessions, profiles: expectedSessions } })
+    // Profiles publish count-only changes when event time has moved 15 minutes on (coalescing),
+    // and the sessions stream lags the enriched one: so the crawler hits come once sessionize is
+    // done (the sessions table is complete), and again an hour later (event time) once the
+    // profile step has read the first ones, which flushes what it read in between.
+    await eventually('sessionize done', async () => JSON.parse(await snapshot()).sessions.table === expectedSessions, Number(process.env.SETTLE_MS ?? 180_000))
+    await importAll(system, apiKey, closingHits(closing))
+    await eventually('every profile scored as of the closing time', async () =>
+      JSON.stringify(JSON.parse(await snapshot()).engagement) === JSON.stringify(withoutZeros(expected.users.byEngagement)), Number(process.env.SETTLE_MS ?? 180_000))
+    await importAll(system, apiKey, closingHits(closing + HOUR))
     try {
       await eventually('every profile scored as of the closing time, every session counted', async () => (await snapshot()) === wanted, Number(process.env.SETTLE_MS ?? 180_000))
     } catch (error) {
@@ -116,15 +129,16 @@ for (const [index, target] of DATABASE_TARGETS.entries()) {
 
     t.same(await engagement(), withoutZeros(expected.users.byEngagement), 'users per engagement level (step 1 of the flow)')
     t.equal(Object.values(await engagement()).reduce((a, b) => a + b, 0), expected.users.total, 'every user has one profile')
-    t.same(await countsBy(system, project.id, 'acquisition_month'), expected.users.byAcquisitionMonth, 'users per acquisition month')
-    t.same(await countsBy(system, project.id, 'acquisition_channel'), expected.users.byChannel, 'users per acquisition channel')
-    t.same(await countsBy(system, project.id, 'device_type'), expected.users.byDevice, 'users per device type (their latest known)')
-    t.same(await countsBy(system, project.id, 'country'), expected.users.byCountry, 'users per country (their latest known)')
-    const mediumHigh = await system.store.pool.query<{ month: string; users: string }>(
-      `SELECT acquisition_month AS month, count(*) AS users FROM profiles
-        WHERE project = $1 AND merged_into IS NULL AND engagement_level = 'Medium-High' GROUP BY 1 ORDER BY 1`, [project.id])
-    t.same(Object.fromEntries(mediumHigh.rows.map((row) => [row.month, Number(row.users)])), expected.users.byEngagementAndMonth['Medium-High'],
-      'Medium-High users per acquisition month (step 2 of the flow)')
+    t.same(await countsBy(system, apiKey, 'acquisition_month'), expected.users.byAcquisitionMonth, 'users per acquisition month')
+    t.same(await countsBy(system, apiKey, 'acquisition_channel'), expected.users.byChannel, 'users per acquisition channel')
+    t.same(await countsBy(system, apiKey, 'device'), expected.users.byDevice, 'users per device type (their latest known)')
+    t.same(await countsBy(system, apiKey, 'country'), expected.users.byCountry, 'users per country (their latest known)')
+    t.same(await countsBy(system, apiKey, 'acquisition_month', { all: [{ dimension: 'engagement', equals: 'Medium-High' }] }),
+      expected.users.byEngagementAndMonth['Medium-High'], 'Medium-High users per acquisition month (step 2 of the flow)')
+    for (const level of ['Low', 'High']) {
+      t.same(await countsBy(system, apiKey, 'acquisition_month', { all: [{ dimension: 'engagement', equals: level }] }),
+        expected.users.byEngagementAndMonth[level], `${level} users per acquisition month`)
+    }
 
     const totals = await system.store.pool.query<{ events: string }>(
       'SELECT sum(events) AS events FROM profiles WHERE project = $1 AND merged_into IS NULL', [project.id])
