@@ -242,16 +242,18 @@ function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source
   const data: FunnelProgress = {
     funnelId: funnel.id, funnelVersion: funnel.version, canonicalId: owner.canonicalId, version, level: summary.level, steps: funnel.steps,
     status: summary.status, stepTimes: summary.stepTimes, asOf,
-    ...(summary.breakdown === undefined ? {} : { breakdown: summary.breakdown }),
-    ...(mergedInto === undefined ? {} : { mergedInto }),
   }
+  if (summary.breakdown !== undefined) data.breakdown = summary.breakdown
+  if (mergedInto !== undefined) data.mergedInto = mergedInto
   const envelope: FunnelProgressEnvelope = {
     v: ENVELOPE_VERSION, type: 'funnel_progress', project: owner.project, id: `${funnel.id}:${funnel.version}:${owner.canonicalId}:${version}`,
     time: summary.level > 0 ? summary.stepTimes[summary.level - 1]! : asOf, key: owner.canonicalId, keyGroup: owner.keyGroup,
     source: state.source, origin: state.origin, data,
   }
   out.push(emissionOf(owner, envelope))
-  return { n: version, l: summary.level, s: summary.status, tt: summary.stepTimes, ...(summary.breakdown === undefined ? {} : { b: summary.breakdown }) }
+  const sent: SentProgress = { n: version, l: summary.level, s: summary.status, tt: summary.stepTimes }
+  if (summary.breakdown !== undefined) sent.b = summary.breakdown
+  return sent
 }
 
 /** Publishes the (user, funnel)'s result if it differs from what was last published; returns the entry with it. */

@@ -186,6 +186,9 @@ interface Settled {
   best: Attempt | undefined
 }
 
+// `advance` runs to completion without calling out, so one holder serves every call (no allocation per event)
+const scratch: Settled = { best: undefined }
+
 function settle(settled: Settled, attempt: Attempt) {
   if (settled.best === undefined || better(attempt, settled.best)) settled.best = attempt
 }
@@ -262,7 +265,8 @@ export function advance(funnel: CompiledFunnel, state: MatchState, time: number,
   const strict = funnel.mode === MODE_STRICT
   const stepMask = mask & STEP_BITS
   const old = state.live
-  const settled: Settled = { best: state.best }
+  const settled = scratch
+  settled.best = state.best
   // copied at the first attempt that changes: most events leave every attempt as it was
   let live: Attempt[] | undefined
   for (let index = 0; index < old.length; index++) {
@@ -303,9 +307,15 @@ export function advance(funnel: CompiledFunnel, state: MatchState, time: number,
     live ??= old.slice()
     live.push(attemptOf(time, id, 1, anyOrder ? stepMask & -stepMask : 0, [time], time, id, breakdown))
   }
-  if (live === undefined) return settled.best === state.best ? state : matchOf(old, settled.best)
+  if (live === undefined) {
+    const best = settled.best
+    settled.best = undefined
+    return best === state.best ? state : matchOf(old, best)
+  }
   const pruned = prune(funnel, settled, live)
-  return matchOf(pruned, settled.best)
+  const best = settled.best
+  settled.best = undefined
+  return matchOf(pruned, best)
 }
 
 export interface Summary {
