@@ -73,6 +73,12 @@ export interface Config {
   compressAfterDays: number
   /** SEGSTREAM_GEO_DB: path of a MaxMind-format (.mmdb) city or country database for enrich. Unset: no geo. */
   geoDatabase: string | undefined
+  /** SEGSTREAM_SIMULATE: what `make up` feeds the demo project: live (default, through the collector at a gentle rate), import (as fast as it goes) or off. */
+  simulate: 'live' | 'import' | 'off'
+  /** SEGSTREAM_SIMULATE_RATE: messages per second of `make up`'s live simulation. Default 50. */
+  simulateRate: number
+  /** SEGSTREAM_SIMULATE_USERS: people `make up` simulates. Default 1000. */
+  simulateUsers: number
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -91,5 +97,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     retentionDays: read(env, 'SEGSTREAM_RETENTION_DAYS', integer(1, 100_000), undefined as number | undefined),
     compressAfterDays: read(env, 'SEGSTREAM_COMPRESS_AFTER_DAYS', integer(1, 100_000), 30),
     geoDatabase: read(env, 'SEGSTREAM_GEO_DB', { expected: 'the path of a .mmdb file', parse: (raw) => raw }, undefined as string | undefined),
+    simulate: read(env, 'SEGSTREAM_SIMULATE', oneOf(['live', 'import', 'off'] as const), 'live'),
+    simulateRate: read(env, 'SEGSTREAM_SIMULATE_RATE', integer(1, 100_000), 50),
+    simulateUsers: read(env, 'SEGSTREAM_SIMULATE_USERS', integer(1, 100_000), 1000),
   }
 }

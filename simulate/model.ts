@@ -40,6 +40,8 @@ export interface SimulationOptions {
   growth: number
   /** Start of every message id, so runs with other seeds never collide. Default `sim-<seed>`. */
   idPrefix: string
+  /** Last local day of the log (inclusive), YYYY-MM-DD in `timezone`: "today" of the scenario. Default: none, the log runs until its people stop coming (months after `to`). */
+  until?: string
 }
 
 export const SIMULATION_DEFAULTS: Omit<SimulationOptions, 'idPrefix'> = Object.freeze({
@@ -260,6 +262,11 @@ export function resolveSimulationOptions(partial: Partial<SimulationOptions> = {
   }
   if (typeof options.growth !== 'number' || !(options.growth > 0 && options.growth <= 100)) throw new SimulationOptionError('growth', 'a number above 0, at most 100', options.growth)
   if (/[\s]/.test(options.idPrefix)) throw new SimulationOptionError('idPrefix', 'no white space', options.idPrefix)
+  if (options.until !== undefined) {
+    const untilDay = dayOfDate(options.until)
+    if (untilDay === undefined) throw new SimulationOptionError('until', 'a date YYYY-MM-DD', options.until)
+    if (untilDay < fromDay) throw new SimulationOptionError('until', `a date not before --from ${options.from}`, options.until)
+  }
   return options
 }
 
@@ -748,12 +755,15 @@ export function* simulate(partial: Partial<SimulationOptions> = {}): Generator<S
     }
     return top
   }
+  // the log is in time order: it ends at the first message after the last local day
+  const end = options.until === undefined ? Number.POSITIVE_INFINITY : localDayStart(options.timezone, dayOfDate(options.until)! + 1)
   let opened = 0
   while (opened < starts.length || heap.length > 0) {
     // open every participant whose first message is due before the earliest pending one
     while (opened < starts.length && (heap.length === 0 || starts[opened]!.at <= heap[0]!.time)) push(starts[opened++]!.open())
     if (heap.length === 0) continue
     const next = pop()
+    if (next.time >= end) return
     yield next.message
     push(next.source)
   }

@@ -255,6 +255,7 @@ export const SIMULATE_USAGE = `segstream simulate [--mode file|import|live] [opt
   --from YYYY-MM-DD          first local day of acquisition (default ${SIMULATION_DEFAULTS.from})
   --to YYYY-MM-DD            last local day of acquisition, inclusive (default ${SIMULATION_DEFAULTS.to})
   --timezone ZONE            the project's IANA timezone (default ${SIMULATION_DEFAULTS.timezone})
+  --until YYYY-MM-DD         last local day of the log, "today" of the scenario (default: until people stop coming, months after --to)
   --cohort YYYY-MM           acquisition month of the expected funnel (default 2019-05 when in range)
   --out FILE                 file mode: the NDJSON (default simulated-<seed>.ndjson)
   --expected FILE            the expected answers, JSON (default simulated-<seed>.expected.json)
@@ -274,11 +275,11 @@ export const SIMULATE_USAGE = `segstream simulate [--mode file|import|live] [opt
 const FLAG_OF_OPTION: Record<keyof SimulationOptions, string> = {
   seed: '--seed', users: '--users', from: '--from', to: '--to', timezone: '--timezone', botShare: '--bots',
   identifyShare: '--identify-share', secondDeviceShare: '--second-device-share', clickProbability: '--click-probability',
-  convertProbability: '--convert-probability', growth: '--growth', idPrefix: '--id-prefix',
+  convertProbability: '--convert-probability', growth: '--growth', idPrefix: '--id-prefix', until: '--until',
 }
 
 const FLAGS = {
-  mode: { type: 'string' }, seed: { type: 'string' }, users: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' },
+  mode: { type: 'string' }, seed: { type: 'string' }, users: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, until: { type: 'string' },
   timezone: { type: 'string' }, cohort: { type: 'string' }, out: { type: 'string' }, expected: { type: 'string' }, url: { type: 'string' },
   'write-key': { type: 'string' }, 'api-key': { type: 'string' }, rate: { type: 'string' }, 'batch-size': { type: 'string' },
   skip: { type: 'string' }, bots: { type: 'string' }, 'identify-share': { type: 'string' }, 'second-device-share': { type: 'string' },
@@ -332,7 +333,7 @@ export function parseSimulateArgs(args: string[], env: NodeJS.ProcessEnv = proce
     simulation: {
       seed: integerFlag('--seed', values.seed, 0, 0xffffffff),
       users: integerFlag('--users', values.users, 1, MAX_USERS),
-      from: values.from, to: values.to, timezone: values.timezone,
+      from: values.from, to: values.to, until: values.until, timezone: values.timezone,
       botShare: numberFlag('--bots', values.bots, 0, 1),
       identifyShare: numberFlag('--identify-share', values['identify-share'], 0, 1),
       secondDeviceShare: numberFlag('--second-device-share', values['second-device-share'], 0, 1),

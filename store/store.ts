@@ -53,6 +53,8 @@ export interface StoreOptions {
   poolSize?: number
   /** Statement timeout for queries, ms; default 30000. */
   statementTimeoutMs?: number
+  /** How long a query waits for a pooled connection, ms; default 5000. With a pool of one (the embedded database) it waits behind the sinks' batches. */
+  connectionTimeoutMs?: number
   logger: Logger
 }
 
@@ -101,7 +103,7 @@ export async function openStore(options: StoreOptions) {
   const pool = new pg.Pool({
     connectionString: options.url,
     max: options.poolSize ?? 4,
-    connectionTimeoutMillis: 5_000,
+    connectionTimeoutMillis: options.connectionTimeoutMs ?? 5_000,
     idleTimeoutMillis: 30_000,
     statement_timeout: options.statementTimeoutMs ?? 30_000,
   })

@@ -13,6 +13,7 @@ import { openGeo } from '../../operators/enrich/geo.ts'
 import { startSteps } from '../../operators/steps.ts'
 import { Metrics } from '../../operators/runtime/metrics.ts'
 import { createProject, getProject, ProjectCache } from '../../projects/registry.ts'
+import { runSimulation } from '../../simulate/run.ts'
 import { openStore } from '../../store/store.ts'
 import { applyTopology } from '../../topology/apply.ts'
 import { segstreamTopology } from '../../topology/definition.ts'
@@ -36,7 +37,8 @@ interface Services {
 async function openServices(config: Config, logger: Logger, databaseUrl: string, poolSize: number, options: { provision: boolean }): Promise<Services> {
   const nc = await connectNats(config.natsUrl, 'segstream', logger.child({ component: 'nats' }), { waitOnFirstConnect: true })
   if (options.provision) await applyTopology(nc, topologyOf(config), { keyGroups: config.keyGroups })
-  const store = await openStore({ url: databaseUrl, target: config.databaseTarget, poolSize, logger: logger.child({ component: 'store' }) })
+  // one connection (the embedded database): a query waits its turn behind the sinks' batches
+  const store = await openStore({ url: databaseUrl, target: config.databaseTarget, poolSize, connectionTimeoutMs: poolSize === 1 ? 60_000 : undefined, logger: logger.child({ component: 'store' }) })
   await store.migrate()
   const projects = new ProjectCache()
   await projects.start(nc)
@@ -186,9 +188,11 @@ async function up(config: Config): Promise<number> {
     say(`gateway on ${base}  (health: ${base}/readyz)`)
     say(`demo project "${demo.id}": write key ${demo.writeKey}  API key ${demo.apiKey}`)
     say(`try: curl -u ${demo.writeKey}: ${base}/v1/track -H 'content-type: application/json' -d '{"userId":"u1","event":"click_event1"}'`)
+    const simulation = startSimulation(config, demo, base, dataDir, logDir, say)
     say(`logs: ${logDir}/ (segstream.log, nats-server.log${config.databaseUrl ? '' : ', database.log'}); Ctrl-C stops everything`)
     const signal = await untilSignal()
     say(`${signal}: stopping (finishing the batches in hand)`)
+    await simulation.stop()
     await app.close()
     await steps.stop()
     await closeServices(services)
@@ -201,6 +205,40 @@ async function up(config: Config): Promise<number> {
   await stopChildren()
   say('stopped')
   return 0
+}
+
+/**
+ * Feeds the demo project with the simulator's scenario (SEGSTREAM_SIMULATE), so a new user sees
+ * data at once. How far it got is kept in data/simulate.json: a restart resumes there.
+ */
+function startSimulation(config: Config, demo: { writeKey: string; apiKey: string }, url: string, dataDir: string, logDir: string, say: (line: string) => void) {
+  if (config.simulate === 'off') return { stop: async () => {} }
+  const mode = config.simulate === 'import' && demo.apiKey.startsWith('sk_') ? 'import' : 'live'
+  const stateFile = join(dataDir, 'simulate.json')
+  const controller = new AbortController()
+  const progress = createWriteStream(join(logDir, 'simulate.log'), { flags: 'a' })
+  const running = (async () => {
+    const saved = existsSync(stateFile) ? JSON.parse(await readFile(stateFile, 'utf8')) as { sent: number; done: boolean } : { sent: 0, done: false }
+    if (saved.done) {
+      say(`simulator: the scenario was sent in full before (${stateFile}); delete that file to send it again`)
+      return
+    }
+    say(`simulator: ${config.simulateUsers} people acquired in 2019 (Europe/Berlin, until 2019-12-31) into project "demo", ${mode}${mode === 'live' ? ` at ${config.simulateRate} messages/s` : ''} (SEGSTREAM_SIMULATE=off to stop it; progress: ${join(logDir, 'simulate.log')})`)
+    const result = await runSimulation({
+      mode, url, writeKey: demo.writeKey, apiKey: demo.apiKey, rate: mode === 'live' ? config.simulateRate : 0, skip: saved.sent,
+      simulation: { users: config.simulateUsers, idPrefix: 'demo', until: '2019-12-31' }, expected: join(dataDir, 'simulate.expected.json'), signal: controller.signal, progress,
+    })
+    const sent = saved.sent + result.handled
+    await writeFile(stateFile, `${JSON.stringify({ sent, done: !result.stopped })}\n`)
+    if (!result.stopped) say(`simulator: done, ${sent} messages sent (the expected answers: ${join(dataDir, 'simulate.expected.json')})`)
+  })().catch((error) => say(`simulator stopped: ${(error as Error).message}`))
+  return {
+    async stop() {
+      controller.abort()
+      await running
+      progress.end()
+    },
+  }
 }
 
 /** The demo project's keys are kept in data/ so every `make up` can print them (the API key is not recoverable from NATS). */
