@@ -506,3 +506,17 @@ t.test('segstream simulate names a bad flag', async (t) => {
   t.equal(defaults.writeKey, 'wk_env')
   t.equal(parseSimulateArgs([], {}, 8181).url, 'http://localhost:8181')
 })
+
+t.test('--until ends the log at the end of that local day, a prefix of the whole log', async (t) => {
+  const whole = generateLog({ seed: 3, users: 60 })
+  const cut = generateLog({ seed: 3, users: 60, until: '2019-06-30' })
+  const end = Date.parse('2019-06-30T22:00:00Z') // midnight in Europe/Berlin (summer time)
+  t.ok(cut.length > 0 && cut.length < whole.length, `some messages, not all (${cut.length} of ${whole.length})`)
+  t.ok(cut.every((message) => Date.parse(message.timestamp) < end), 'none after the last local day')
+  t.same(cut, whole.slice(0, cut.length), 'the same messages as the whole log, up to there')
+  t.ok(Date.parse(whole[cut.length]!.timestamp) >= end, 'and the next one of the whole log is after it')
+  const answers = computeExpected(cut, { timezone: 'Europe/Berlin', cohortMonth: '2019-05', engagementAsOf: end - 1 })
+  t.equal(Object.values(answers.users.byEngagement).reduce((a, b) => a + b, 0), answers.users.total, 'every user has one engagement level')
+  t.throws(() => generateLog({ until: '2018-12-31' }), /until/, 'a last day before --from is refused, naming the option')
+  t.same(parseSimulateArgs(['--until', '2019-12-31']).simulation?.until, '2019-12-31', '--until reaches the options')
+})
