@@ -1,9 +1,28 @@
-/** A binary min-heap of (at, key) pairs; stale entries are skipped by the caller. */
+/**
+ * A binary min-heap of (at, key) pairs, ordered by `at` then by key, so that timers due at the
+ * same time fire in the same order in every run and every replay (their outputs' ids count
+ * them). Stale entries are skipped by the caller.
+ */
 export class TimerHeap {
   #items: { at: number; key: string }[] = []
+  /** Per key scheduled with {@link schedule}, the earliest `at` it has in the heap. */
+  #earliest = new Map<string, number>()
 
   get size(): number {
     return this.#items.length
+  }
+
+  /**
+   * Schedules `key` at `at`, keeping at most one entry per key: if the key already has one at
+   * or before `at`, nothing is added, and the caller schedules the later time again when that
+   * entry comes out (a key's timer moves later at each of its inputs; one entry per input would
+   * hold every input of the last gap in memory).
+   */
+  schedule(at: number, key: string): void {
+    const earliest = this.#earliest.get(key)
+    if (earliest !== undefined && earliest <= at) return
+    this.#earliest.set(key, at)
+    this.push(at, key)
   }
 
   push(at: number, key: string): void {
@@ -12,7 +31,7 @@ export class TimerHeap {
     let i = items.length - 1
     while (i > 0) {
       const parent = (i - 1) >> 1
-      if (items[parent]!.at <= items[i]!.at) break
+      if (!before(items[i]!, items[parent]!)) break
       ;[items[parent], items[i]] = [items[i]!, items[parent]!]
       i = parent
     }
@@ -33,13 +52,16 @@ export class TimerHeap {
         const left = 2 * i + 1
         const right = left + 1
         let smallest = i
-        if (left < items.length && items[left]!.at < items[smallest]!.at) smallest = left
-        if (right < items.length && items[right]!.at < items[smallest]!.at) smallest = right
+        if (left < items.length && before(items[left]!, items[smallest]!)) smallest = left
+        if (right < items.length && before(items[right]!, items[smallest]!)) smallest = right
         if (smallest === i) break
         ;[items[smallest], items[i]] = [items[i]!, items[smallest]!]
         i = smallest
       }
     }
+    if (top && this.#earliest.get(top.key) === top.at) this.#earliest.delete(top.key)
     return top
   }
 }
+
+const before = (a: { at: number; key: string }, b: { at: number; key: string }) => a.at < b.at || (a.at === b.at && a.key < b.key)

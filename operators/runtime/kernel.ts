@@ -88,7 +88,7 @@ function scheduleTimer<State>(group: KeyGroupState<State>, key: string, entry: K
   const name = watermarkKey(entry.project, entry.source)
   let heap = group.timers.get(name)
   if (!heap) group.timers.set(name, (heap = new TimerHeap()))
-  heap.push(entry.wakeAt, key)
+  heap.schedule(entry.wakeAt, key)
 }
 
 /** Rebuilds the timer heaps after a key group was loaded. */
@@ -287,7 +287,13 @@ function fireTimers<State, Input>(
   while (heap.size > 0 && heap.peek()!.at <= watermark) {
     const { at, key } = heap.pop()!
     const entry = group.keys.get(key)
-    if (!entry || entry.wakeAt !== at) continue // superseded by a later timer or dropped
+    if (!entry || entry.wakeAt === undefined) continue // dropped, or its timer cleared
+    if (entry.wakeAt > at) {
+      // moved later while this entry stood for it (one entry per key): it waits for its time
+      heap.schedule(entry.wakeAt, key)
+      continue
+    }
+    if (entry.wakeAt !== at) continue // superseded by an earlier timer, which came out first
     entry.wakeAt = undefined
     const result = operator.onTimer(entry.state, watermark)
     applyResult(group, key, entry, result)

@@ -294,3 +294,22 @@ t.test('the checkpoint interval stays inside the output streams\' duplicate wind
   const short = topology(20_000)
   t.equal(commitIntervalOf({ step: stepOf(short, 'enrich'), topology: short }), 5_000, 'a 20 s window: 5 s at most')
 })
+
+t.test('timers: one heap entry per key however many inputs move it, and ties fire in key order', async (t) => {
+  seq = 0
+  const group = emptyKeyGroup<{ n: number }>(0, 1)
+  // 500 inputs of one user a second apart: its timer moves 500 times, the heap holds it once
+  run(group, Array.from({ length: 500 }, (_, i) => message('u1', T0 + i * 1000)))
+  t.equal(group.timers.get('p|live')!.size, 1, 'one entry for the one key with a timer')
+  // timers due at the same time come out in key order, whatever order they went in (a heap
+  // rebuilt from a checkpoint is filled in another order than the live one was)
+  const { TimerHeap } = await import('../../operators/runtime/heap.ts')
+  const order = (keys: string[]) => {
+    const heap = new TimerHeap()
+    for (const key of keys) heap.schedule(T0, key)
+    heap.schedule(T0 - 1, 'z')
+    return Array.from({ length: keys.length + 1 }, () => heap.pop()!.key)
+  }
+  t.same(order(['c', 'a', 'b']), ['z', 'a', 'b', 'c'])
+  t.same(order(['b', 'c', 'a']), ['z', 'a', 'b', 'c'])
+})
