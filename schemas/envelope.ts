@@ -131,8 +131,16 @@ export type ProfileEnvelope = Static<typeof ProfileEnvelope>
 export const SegmentMembershipEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('segment_membership'), origin: Origin, data: SegmentMembershipChange })
 export type SegmentMembershipEnvelope = Static<typeof SegmentMembershipEnvelope>
 
+/**
+ * Event time has reached `time` for the project and source in this key group: published by the
+ * collector into every key group (gateway/collector/watermarks.ts) and forwarded by every
+ * operator to its outputs, so a quiet key group's timers still fire. Carries no data.
+ */
+export const WatermarkEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('watermark') })
+export type WatermarkEnvelope = Static<typeof WatermarkEnvelope>
+
 export const AnyEnvelope = Type.Union([
   RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope,
-  ProfileEnvelope, SegmentMembershipEnvelope,
+  ProfileEnvelope, SegmentMembershipEnvelope, WatermarkEnvelope,
 ])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

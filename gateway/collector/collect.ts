@@ -16,6 +16,8 @@ export interface Rejection {
 export interface CollectResult {
   /** Messages stored (or recognised as already stored). */
   accepted: number
+  /** The newest event time among them (absent when none was accepted): where the project's event time now is. */
+  newestTime?: number
   /** Of those, how many JetStream had already stored under the same id. */
   duplicates: number
   rejected: Rejection[]
@@ -44,6 +46,7 @@ export async function collect(publisher: PipelinedPublisher, input: CollectInput
   const letters: OutgoingMessage[] = []
   const rejected: Rejection[] = []
   const messages = input.messages
+  let newestTime = Number.NEGATIVE_INFINITY
   for (let index = 0; index < messages.length; index++) {
     const raw = messages[index]
     const normalized = normalizeMessage(raw, input.stamp, input.forcedType)
@@ -70,12 +73,15 @@ export async function collect(publisher: PipelinedPublisher, input: CollectInput
       key, keyGroup, source, data: message,
     }
     events.push({ subject: eventSubjects[keyGroup]!, data: encode(envelope), msgId: `${project}:${message.messageId}` })
+    if (normalized.time > newestTime) newestTime = normalized.time
   }
   // wait for every ack, so no publish is left failing unobserved
   const [stored, deadLettered] = await Promise.allSettled([publisher.publishBatch(events), publisher.publishBatch(letters)])
   if (stored.status === 'rejected') throw stored.reason
   if (deadLettered.status === 'rejected') throw deadLettered.reason
-  return { accepted: stored.value.stored, duplicates: stored.value.duplicates, rejected }
+  const result: CollectResult = { accepted: stored.value.stored, duplicates: stored.value.duplicates, rejected }
+  if (events.length > 0) result.newestTime = newestTime
+  return result
 }
 
 /**

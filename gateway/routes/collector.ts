@@ -5,6 +5,7 @@ import type { Project } from '../../projects/model.ts'
 import { SEGMENT_TYPES, type SegmentType } from '../../schemas/segment.ts'
 import { collect, type CollectResult } from '../collector/collect.ts'
 import { MAX_BATCH_BYTES, MAX_MESSAGE_BYTES } from '../collector/normalize.ts'
+import { WatermarkTicker } from '../collector/watermarks.ts'
 import { BadRequestError, UnauthorizedError } from '../errors.ts'
 
 const Rejection = Type.Object({ index: Type.Integer(), messageId: Type.Optional(Type.String()), reason: Type.String() })
@@ -64,7 +65,15 @@ export const collectorRoutes: FastifyPluginAsyncTypebox<CollectorOptions> = asyn
     return project
   }
 
-  const answer = (result: CollectResult, status: 200 | 400) => ({ success: status === 200, ...result })
+  const answer = ({ accepted, duplicates, rejected }: CollectResult, status: 200 | 400) => ({ success: status === 200, accepted, duplicates, rejected })
+
+  // every key group learns how far the project's event time has got (gateway/collector/watermarks.ts)
+  const watermarks = new WatermarkTicker(app.services.publisher, app.services.keyGroups)
+  app.addHook('onClose', () => watermarks.stop())
+  const noted = (project: string, stage: 'raw' | 'import', result: CollectResult) => {
+    if (result.newestTime !== undefined) watermarks.note(project, stage, result.newestTime)
+    return result
+  }
 
   const batchHandler = (stage: 'raw' | 'import', authenticateRequest: (request: FastifyRequest) => Project) =>
     async (request: FastifyRequest, reply: FastifyReply) => {
@@ -72,10 +81,10 @@ export const collectorRoutes: FastifyPluginAsyncTypebox<CollectorOptions> = asyn
       const body = request.body as { batch?: unknown; sentAt?: unknown } | null
       if (typeof body !== 'object' || body === null || !Array.isArray(body.batch)) throw new BadRequestError('batch must be an array of messages')
       if (body.batch.length === 0) throw new BadRequestError('batch is empty')
-      const result = await collect(app.services.publisher, {
+      const result = noted(project.id, stage, await collect(app.services.publisher, {
         project: project.id, keyGroups: app.services.keyGroups, stage, messages: body.batch,
         stamp: { receivedAt: Date.now(), batchSentAt: body.sentAt, clientIp: request.ip },
-      })
+      }))
       if (result.accepted === 0) {
         return reply.code(400).send({ error: 'bad_request', message: `every message was rejected: ${result.rejected[0]!.reason}`, rejected: result.rejected })
       }
@@ -96,10 +105,10 @@ export const collectorRoutes: FastifyPluginAsyncTypebox<CollectorOptions> = asyn
   for (const type of SEGMENT_TYPES) {
     app.post(`/v1/${type}`, { bodyLimit: MAX_MESSAGE_BYTES + 1024, config: { rateLimit }, schema: { body: Type.Unknown(), response: responses } }, async (request, reply) => {
       const project = authenticate(request)
-      const result = await collect(app.services.publisher, {
+      const result = noted(project.id, 'raw', await collect(app.services.publisher, {
         project: project.id, keyGroups: app.services.keyGroups, stage: 'raw', messages: [request.body],
         stamp: { receivedAt: Date.now(), clientIp: request.ip }, forcedType: type as SegmentType,
-      })
+      }))
       if (result.accepted === 0) return reply.code(400).send({ error: 'bad_request', message: result.rejected[0]!.reason, rejected: result.rejected })
       return reply.code(200).send(answer(result, 200))
     })

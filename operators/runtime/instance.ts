@@ -5,6 +5,7 @@ import type { PipelinedPublisher } from '../../broker/publisher.ts'
 import type { Logger } from '../../config/logger.ts'
 import { consumersOf } from '../../topology/apply.ts'
 import type { StepSpec, Topology } from '../../topology/model.ts'
+import type { Stage } from '../../topology/subjects.ts'
 import { newCounters, processMessage, watermarkOf, type InputMessage, type KernelCounters, type KeyGroupState, type Outgoing } from './kernel.ts'
 import { Ownership } from './leases.ts'
 import type { Metrics } from './metrics.ts'
@@ -134,7 +135,9 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   const batchSize = options.batchSize ?? step.consumer?.batchSize ?? 1000
   const latenessOf = options.latenessOf ?? (() => 5 * 60_000)
   const counters: KernelCounters = newCounters()
-  const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now, keyGroups: options.keyGroups }
+  // watermarks go on down the topology, into the same key group of each stage this step writes
+  const forwardWatermarksTo = options.step.outputs.map((filter) => filter.split('.')[2] as Stage).filter((stage) => stage !== 'dlq' && stage !== 'late')
+  const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now, keyGroups: options.keyGroups, forwardWatermarksTo }
   const groups = new Map<number, Owned<State>>()
   /** Key groups processed since their last commit. */
   const uncommitted = new Set<number>()

@@ -57,6 +57,8 @@ export interface KernelOptions {
   clock: () => number
   /** Key groups of the installation: where a merged key's state goes. */
   keyGroups: number
+  /** Stages a `watermark` input is forwarded to, in the same key group: the step's outputs (not dlq, late). */
+  forwardWatermarksTo?: readonly Stage[]
 }
 
 export interface KernelCounters {
@@ -142,6 +144,17 @@ export function processMessage<State, Input>(
   let key: string
   try {
     envelope = decodeEnvelope(message.data)
+    if (envelope.type === 'watermark') {
+      // event time has reached envelope.time for this key group, though none of its keys had an event
+      const name = watermarkKey(envelope.project, envelope.source)
+      const reached = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time)
+      group.maxEventTime[name] = reached
+      if (!operator.stateless) fireTimers(operator, group, name, reached - options.latenessOf(envelope.project), `${idPrefix}:t`, outgoing, counters)
+      for (const stage of options.forwardWatermarksTo ?? []) {
+        outgoing.push({ subject: subjectFor(envelope.project, stage, group.keyGroup), data: message.data, msgId: `${idPrefix}:w:${stage}` })
+      }
+      return outgoing
+    }
     if (envelope.type === 'control') {
       // a definition change takes effect here, at this input position, in every replay too
       if (envelope.data.stepId === operator.stepId && operator.onControl) {

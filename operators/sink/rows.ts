@@ -46,6 +46,7 @@ export function eventsSinkItemOf(envelope: AnyEnvelope, enrichedSeq: number): Ev
       return { kind: 'link', link: { project: envelope.project, anonymousId: envelope.data.from, userId: envelope.data.into, linkedAt: envelope.time } }
     case 'control':
     case 'merge_state':
+    case 'watermark':
       return undefined
     default:
       throw new Error(`sink-events reads enriched_event and merge messages, got ${envelope.type}`)
@@ -54,7 +55,7 @@ export function eventsSinkItemOf(envelope: AnyEnvelope, enrichedSeq: number): Ev
 
 /** A session change as a sessions-table row; undefined: not the sink's. Pure. */
 export function sessionRowOf(envelope: AnyEnvelope, sessionsSeq: number): SessionRow | undefined {
-  if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state') return undefined
+  if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state' || envelope.type === 'watermark') return undefined
   if (envelope.type !== 'session') throw new Error(`sink-sessions reads session messages, got ${envelope.type}`)
   const { name, version, session } = envelope.data
   return {
@@ -66,7 +67,7 @@ export function sessionRowOf(envelope: AnyEnvelope, sessionsSeq: number): Sessio
 
 /** A profile change as a profiles-table row; undefined: not the sink's (membership changes, control). Pure. */
 export function profileRowOf(envelope: AnyEnvelope, profilesSeq: number): ProfileRow | undefined {
-  if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state' || envelope.type === 'segment_membership') return undefined
+  if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state' || envelope.type === 'segment_membership' || envelope.type === 'watermark') return undefined
   if (envelope.type !== 'profile') throw new Error(`sink-profiles reads profile messages, got ${envelope.type}`)
   const { canonicalId, version, profile, mergedInto } = envelope.data
   const base = { project: envelope.project, canonicalId, version, profilesSeq }
