@@ -133,12 +133,16 @@ export async function openStore(options: StoreOptions) {
       throw isConnectionError(error) ? new DatabaseUnavailableError(error) : error
     }
     let broken = false
+    // a checked-out client whose server goes away emits 'error'; unheard, it would end the process
+    const onError = () => (broken = true)
+    client.on('error', onError)
     try {
       return await work(client)
     } catch (error) {
-      broken = isConnectionError(error)
+      broken ||= isConnectionError(error)
       throw broken ? new DatabaseUnavailableError(error) : error
     } finally {
+      client.off('error', onError)
       // a client whose connection failed is destroyed, not handed to the next caller
       client.release(broken || undefined)
     }
@@ -148,6 +152,9 @@ export async function openStore(options: StoreOptions) {
   const copyEvents = async (rows: readonly EventRow[]): Promise<number> => {
     const client = await pool.connect()
     let broken: Error | undefined
+    // a checked-out client whose server goes away emits 'error'; unheard, it would end the process
+    const onError = (error: Error) => (broken = error)
+    client.on('error', onError)
     try {
       const copy = client.query(copyFrom(COPY_EVENTS))
       await pipeline(Readable.from([Buffer.from(copyLinesOf(rows))]), copy)
@@ -156,6 +163,7 @@ export async function openStore(options: StoreOptions) {
       if (isConnectionError(error)) broken = error as Error
       throw error
     } finally {
+      client.off('error', onError)
       // a client whose connection failed is destroyed, not handed to the next caller
       client.release(broken)
     }
