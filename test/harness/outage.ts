@@ -30,6 +30,8 @@ export async function databaseOutageUnderLoad(t: Test, outageMs: number) {
       await new Promise((r) => setTimeout(r, 100))
     }
   })()
+  // a failure of the load is reported where it is awaited, not as an unhandled rejection mid-test
+  load.catch(() => undefined)
   await eventually('some events stored before the outage', async () => (await system.store.countEvents('outage')) > 200)
   await system.database.stop()
   const atStop = sent
