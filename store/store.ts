@@ -149,25 +149,11 @@ export async function openStore(options: StoreOptions) {
   }
 
   /** One COPY of every row, in its own transaction: all stored, or none. */
-  const copyEvents = async (rows: readonly EventRow[]): Promise<number> => {
-    const client = await pool.connect()
-    let broken: Error | undefined
-    // a checked-out client whose server goes away emits 'error'; unheard, it would end the process
-    const onError = (error: Error) => (broken = error)
-    client.on('error', onError)
-    try {
-      const copy = client.query(copyFrom(COPY_EVENTS))
-      await pipeline(Readable.from([Buffer.from(copyLinesOf(rows))]), copy)
-      return copy.rowCount
-    } catch (error) {
-      if (isConnectionError(error)) broken = error as Error
-      throw error
-    } finally {
-      client.off('error', onError)
-      // a client whose connection failed is destroyed, not handed to the next caller
-      client.release(broken)
-    }
-  }
+  const copyEvents = (rows: readonly EventRow[]): Promise<number> => withClient(async (client) => {
+    const copy = client.query(copyFrom(COPY_EVENTS))
+    await pipeline(Readable.from([Buffer.from(copyLinesOf(rows))]), copy)
+    return copy.rowCount
+  })
 
   return {
     pool,
@@ -211,7 +197,7 @@ export async function openStore(options: StoreOptions) {
         try {
           return await copyEvents(rows)
         } catch (error) {
-          if (isConnectionError(error)) throw new DatabaseUnavailableError(error)
+          if (error instanceof DatabaseUnavailableError) throw error
           const code = (error as { code?: unknown }).code
           // 23505: a row stored before; class 22: a value the table refuses (the insert below says
           // which); no code: a value this side could not write (an invalid date). Only a server
