@@ -273,6 +273,8 @@ export function createAggregates(options: AggregateOptions): Operator<AggregateS
 
   return {
     stepId: 'aggregates',
+    // keys are (source, event name), not users: identity merges move nothing here
+    keyedByUser: false,
     init: empty,
     toInput(envelope, origin) {
       if (envelope.type === 'enriched_event') return { envelope, origin }

@@ -163,7 +163,7 @@ export function processMessage<State, Input>(
       return outgoing
     }
     if (envelope.type === 'merge' || envelope.type === 'merge_state') {
-      if (!operator.stateless && (envelope.type === 'merge' || envelope.data.stepId === operator.stepId)) {
+      if (!operator.stateless && operator.keyedByUser !== false && (envelope.type === 'merge' || envelope.data.stepId === operator.stepId)) {
         try {
           applyMerge(operator, group, message, envelope, options, idPrefix, outgoing, counters)
         } catch (error) {

@@ -43,6 +43,11 @@ export interface Operator<State, Input> {
   readonly stepId: string
   /** No per-key state: the runtime keeps only offsets and watermarks (a pass-through or a map). */
   readonly stateless?: boolean
+  /**
+   * `false` for an operator whose keys are not user ids (a window and group, a key group): the
+   * kernel then leaves identity merges alone instead of moving the state of key `from`.
+   */
+  readonly keyedByUser?: boolean
   init(): State
   /** Turns a decoded envelope (stored at `origin`) into the operator's input; throws for a message it cannot take. */
   toInput(envelope: AnyEnvelope, origin: Origin): Input

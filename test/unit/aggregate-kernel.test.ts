@@ -95,6 +95,10 @@ t.test('under the real kernel: control, timers on the watermark, late inputs, me
   // a merge names user ids: the aggregate keys are not among them, nothing moves
   t.same(run(merge('u1', 'u2')), [])
   t.equal(group.keys.size, 1)
+  // even one whose `from` is spelled like an aggregate key: the kernel leaves this step's keys alone
+  t.same(run(merge('live\u0000Clicked', 'u2')), [])
+  t.same([...group.keys.keys()], ['p/live\u0000Clicked'], 'a merge never moves an aggregate key')
+  t.equal(counters.merged, 0)
 
   group = reload(group)
   const early = resultsOf(run(event('u1', T + 61_000)))
