@@ -19,6 +19,7 @@ import { startInstance, type Failpoint } from './runtime/instance.ts'
 import type { Metrics } from './runtime/metrics.ts'
 import type { Operator } from './runtime/operator.ts'
 import { runSink } from './runtime/run-sink.ts'
+import { createFunnel } from './funnel/logic.ts'
 import { createProfile } from './profile/logic.ts'
 import { createSessionize } from './sessionize/logic.ts'
 import { eventsSinkItemOf, profileRowOf, sessionRowOf } from './sink/rows.ts'
@@ -65,6 +66,8 @@ export const OPERATORS: Record<string, (context: StepContext) => Operator<any, a
     timezoneOf: (project) => context.projects?.byId(project)?.timezone ?? 'UTC',
     thresholdsOf: (project) => settingsOf(context, project).engagementThresholds,
   }),
+  // sessionize runs with its defaults (7 days, 50 sessions), which are createFunnel's defaults too
+  funnel: (context) => createFunnel({ keyGroups: context.keyGroups }),
 }
 
 /**
@@ -82,6 +85,14 @@ const IDLE_TTL_MS: Record<string, number> = {
   enrich: 400 * 86_400_000,
   // a profile is the user's whole history (first seen, acquisition): it never starts over
   profile: Number.POSITIVE_INFINITY,
+  // A funnel attempt can stay open for the longest window (90 days) after the user's last input, so
+  // anything under 90 days + the 1-day horizon would lose open attempts. But any finite TTL is
+  // wrong here: starting over restarts the per-(funnel, user) message version at 1, and the
+  // consumer rule (highest version wins, docs/funnels.md) would keep the row from before and
+  // ignore the new progress until its version caught up; it would also forget the counted attempt
+  // (a conversion). Eviction is decided at the key's next input and frees no memory meanwhile, so
+  // never starting over costs nothing: the state is bounded per user (docs/funnels.md, "State").
+  funnel: Number.POSITIVE_INFINITY,
 }
 
 const runOperatorStep: StepRunner = async (step, context) => {

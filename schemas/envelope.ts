@@ -3,6 +3,7 @@ import { EnrichedContext } from './enriched.ts'
 import { SegmentMessage } from './segment.ts'
 import { ProfileChange, SegmentMembershipChange } from './profile.ts'
 import { SessionChange } from './session.ts'
+import { FunnelProgress } from './funnel.ts'
 
 /** Bumped only for incompatible envelope changes; additive fields keep the version. */
 export const ENVELOPE_VERSION = 1
@@ -123,6 +124,16 @@ export type MergeStateEnvelope = Static<typeof MergeStateEnvelope>
 export const SessionEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('session'), origin: Origin, data: SessionChange })
 export type SessionEnvelope = Static<typeof SessionEnvelope>
 
+/**
+ * On `seg.<project>.funnels.<kg>`, routed by canonical user id: one user's progress in one funnel
+ * version, as it now stands (docs/funnels.md, "Messages"). `id` =
+ * `<funnelId>:<funnelVersion>:<canonicalId>:<version>`; `time` = the event time of the furthest step
+ * reached (`asOf` when none is). Consumers keep the highest `data.version` per (funnelId,
+ * funnelVersion, canonicalId).
+ */
+export const FunnelProgressEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('funnel_progress'), origin: Origin, data: FunnelProgress })
+export type FunnelProgressEnvelope = Static<typeof FunnelProgressEnvelope>
+
 /** On `seg.<project>.profiles.<kg>`, routed by canonical user id: a user's profile as it now stands (docs/profiles.md). */
 export const ProfileEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('profile'), origin: Origin, data: ProfileChange })
 export type ProfileEnvelope = Static<typeof ProfileEnvelope>
@@ -142,5 +153,6 @@ export type WatermarkEnvelope = Static<typeof WatermarkEnvelope>
 export const AnyEnvelope = Type.Union([
   RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope,
   ProfileEnvelope, SegmentMembershipEnvelope, WatermarkEnvelope,
+  FunnelProgressEnvelope,
 ])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

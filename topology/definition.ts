@@ -39,6 +39,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
       { name: 'SEG_ENRICHED', description: 'Enriched events, routed by canonical user id', subjects: [stageFilter('enriched')], ...eventStream },
       { name: 'SEG_SESSIONS', description: 'Session starts, ends and retractions, routed by canonical user id', subjects: [stageFilter('sessions')], ...eventStream },
       { name: 'SEG_PROFILES', description: 'Profile changes and engagement membership changes, routed by canonical user id', subjects: [stageFilter('profiles')], ...eventStream },
+      { name: 'SEG_FUNNELS', description: 'Funnel progress: each user\'s level, step times and status per funnel version, routed by canonical user id', subjects: [stageFilter('funnels')], ...eventStream },
       { name: 'SEG_LATE', description: 'Inputs too late for a window already closed, as they came', subjects: [stageFilter('late')], ...eventStream, maxBytes: Math.min(maxBytes, GIB / 4) },
       { name: 'SEG_DLQ', description: 'Rejected and poison messages with the reason and the original payload', subjects: [stageFilter('dlq')], ...eventStream, maxAgeMs: 30 * DAY, maxBytes: Math.min(maxBytes, GIB / 4) },
     ],
@@ -82,6 +83,16 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         module: 'operators/profile',
         inputs: [stageFilter('enriched'), stageFilter('sessions')],
         outputs: [stageFilter('profiles'), stageFilter('dlq')],
+        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+      },
+      {
+        stepId: 'funnel',
+        kind: 'operator',
+        description: 'Funnel progress per canonical user and funnel: level reached, step times, in progress or dropped (definitions arrive as control messages)',
+        module: 'operators/funnel',
+        inputs: [stageFilter('enriched'), stageFilter('sessions')],
+        // late: events behind the operator's horizon (1 day) are refused, not applied
+        outputs: [stageFilter('funnels'), stageFilter('late'), stageFilter('dlq')],
         consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
       },
       {

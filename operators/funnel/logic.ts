@@ -1,7 +1,7 @@
-import { ENVELOPE_VERSION, type AnyEnvelope, type Control, type EnrichedEventEnvelope, type Origin, type SessionEnvelope, type Source } from '../../schemas/envelope.ts'
+import { ENVELOPE_VERSION, type Control, type EnrichedEventEnvelope, type Origin, type SessionEnvelope, type Source } from '../../schemas/envelope.ts'
 import { funnelDefinitionProblems, type FunnelDefinition, type FunnelProgress, type FunnelStatus } from '../../schemas/funnel.ts'
 import type { Session } from '../../schemas/session.ts'
-import { keyGroupOf, type Stage } from '../../topology/subjects.ts'
+import { keyGroupOf } from '../../topology/subjects.ts'
 import type { Emission, MergeContext, Operator, StepResult } from '../runtime/operator.ts'
 import { DEFAULT_HORIZON_MS as SESSION_HORIZON_MS, DEFAULT_MAX_SESSIONS } from '../sessionize/logic.ts'
 import { FUNNELS_STAGE, type FunnelProgressEnvelope } from './envelopes.ts'
@@ -226,9 +226,8 @@ class Owner {
   }
 }
 
-/** The one place the progress envelope meets the runtime's types: the `funnels` stage is not in topology/subjects.ts yet. */
 function emissionOf(owner: Owner, envelope: FunnelProgressEnvelope): Emission {
-  return { stage: FUNNELS_STAGE as string as Stage, project: owner.project, keyGroup: owner.keyGroup, envelope: envelope as unknown as AnyEnvelope }
+  return { stage: FUNNELS_STAGE, project: owner.project, keyGroup: owner.keyGroup, envelope }
 }
 
 const sameTimes = (a: number[], b: number[]) => a.length === b.length && a.every((time, index) => time === b[index])
