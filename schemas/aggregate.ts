@@ -1,5 +1,5 @@
 import Type, { type Static } from 'typebox'
-import { Source } from './envelope.ts'
+import { Source } from './source.ts'
 
 /**
  * Windowed aggregates (docs/aggregates.md): event counts and distinct users per window, event

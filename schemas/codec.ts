@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
-import { AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, FunnelProgressEnvelope, MergeEnvelope, MergeStateEnvelope, ProfileEnvelope, RawEventEnvelope, SegmentMembershipEnvelope, SessionEnvelope, WatermarkEnvelope } from './envelope.ts'
+import { AggregateEnvelope, AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, FunnelProgressEnvelope, MergeEnvelope, MergeStateEnvelope, ProfileEnvelope, RawEventEnvelope, SegmentMembershipEnvelope, SessionEnvelope, WatermarkEnvelope } from './envelope.ts'
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
@@ -53,6 +53,7 @@ const byType = {
   profile: validator(ProfileEnvelope, 'envelope'),
   segment_membership: validator(SegmentMembershipEnvelope, 'envelope'),
   watermark: validator(WatermarkEnvelope, 'envelope'),
+  aggregate: validator(AggregateEnvelope, 'envelope'),
   funnel_progress: validator(FunnelProgressEnvelope, 'envelope'),
 } as const
 

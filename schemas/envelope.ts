@@ -3,14 +3,14 @@ import { EnrichedContext } from './enriched.ts'
 import { SegmentMessage } from './segment.ts'
 import { ProfileChange, SegmentMembershipChange } from './profile.ts'
 import { SessionChange } from './session.ts'
+import { Source } from './source.ts'
+import { AggregateResult } from './aggregate.ts'
 import { FunnelProgress } from './funnel.ts'
 
 /** Bumped only for incompatible envelope changes; additive fields keep the version. */
 export const ENVELOPE_VERSION = 1
 
-/** Where an event entered the system; event time advances separately per source. */
-export const Source = Type.Union([Type.Literal('live'), Type.Literal('import')])
-export type Source = Static<typeof Source>
+export { Source } from './source.ts'
 
 /** The stored message a derived message comes from. */
 export const Origin = Type.Object({
@@ -143,6 +143,16 @@ export const SegmentMembershipEnvelope = Type.Object({ ...envelopeFields, type: 
 export type SegmentMembershipEnvelope = Static<typeof SegmentMembershipEnvelope>
 
 /**
+ * On `seg.<project>.aggregates.<kg>`, routed by the group key (every partial of one window and
+ * group in one subject): one key group's and source's partial aggregate of a window and group, as
+ * it now stands (docs/aggregates.md). `id` = `aggregate:<group key>:<source>:<key group>:<version>`,
+ * `time` = the window's start, `key` = the group key
+ * `<definition>@<definitionVersion>|<window start>|<JSON [name, ...dimension values]>`.
+ */
+export const AggregateEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('aggregate'), origin: Origin, data: AggregateResult })
+export type AggregateEnvelope = Static<typeof AggregateEnvelope>
+
+/**
  * Event time has reached `time` for the project and source in this key group: published by the
  * collector into every key group (gateway/collector/watermarks.ts) and forwarded by every
  * operator to its outputs, so a quiet key group's timers still fire. Carries no data.
@@ -152,7 +162,7 @@ export type WatermarkEnvelope = Static<typeof WatermarkEnvelope>
 
 export const AnyEnvelope = Type.Union([
   RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope,
-  ProfileEnvelope, SegmentMembershipEnvelope, WatermarkEnvelope,
+  ProfileEnvelope, SegmentMembershipEnvelope, WatermarkEnvelope, AggregateEnvelope,
   FunnelProgressEnvelope,
 ])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

@@ -88,8 +88,8 @@ export const ProfileChange = Type.Object({
 })
 export type ProfileChange = Static<typeof ProfileChange>
 
-/** The dimensions a user's segment membership is published for. */
-export const MembershipDimension = Type.Literal('engagement')
+/** The dimensions a user's segment membership is published for: engagement levels, and saved segments (docs/live.md). */
+export const MembershipDimension = Type.Union([Type.Literal('engagement'), Type.Literal('segment')])
 export type MembershipDimension = Static<typeof MembershipDimension>
 
 /**
@@ -98,11 +98,29 @@ export type MembershipDimension = Static<typeof MembershipDimension>
  * count per segment adds 1 to `to` and takes 1 from `from`; the version (per user and dimension,
  * from 1, one step per change) lets a counter apply each change once and in order.
  */
-export const SegmentMembershipChange = Type.Object({
-  dimension: MembershipDimension,
+export const EngagementMembershipChange = Type.Object({
+  dimension: Type.Literal('engagement'),
   canonicalId: Type.String(),
   from: Type.Optional(EngagementLevel),
   to: Type.Optional(EngagementLevel),
   version: Type.Integer({ minimum: 1 }),
 })
+export type EngagementMembershipChange = Static<typeof EngagementMembershipChange>
+
+/**
+ * On `seg.<project>.profiles.<kg>`: a user entered (`to` = the saved segment's id) or left
+ * (`from` = its id) a saved segment, never both in one message: a user may be in several saved
+ * segments at once. The same counting rule as for engagement applies (add 1 to `to`, take 1 from
+ * `from`). The version counts the user's saved-segment changes, all segments together, from 1.
+ */
+export const SavedSegmentMembershipChange = Type.Object({
+  dimension: Type.Literal('segment'),
+  canonicalId: Type.String(),
+  from: Type.Optional(Type.String()),
+  to: Type.Optional(Type.String()),
+  version: Type.Integer({ minimum: 1 }),
+})
+export type SavedSegmentMembershipChange = Static<typeof SavedSegmentMembershipChange>
+
+export const SegmentMembershipChange = Type.Union([EngagementMembershipChange, SavedSegmentMembershipChange])
 export type SegmentMembershipChange = Static<typeof SegmentMembershipChange>

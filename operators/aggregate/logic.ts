@@ -1,7 +1,7 @@
 import type { AggregateResult, Dimension, WindowKind } from '../../schemas/aggregate.ts'
 import type { EnrichedContext } from '../../schemas/enriched.ts'
-import { ENVELOPE_VERSION, type AnyEnvelope, type EnrichedEventEnvelope, type Origin, type Source } from '../../schemas/envelope.ts'
-import { keyGroupOf, type Stage } from '../../topology/subjects.ts'
+import { ENVELOPE_VERSION, type EnrichedEventEnvelope, type Origin, type Source } from '../../schemas/envelope.ts'
+import { keyGroupOf } from '../../topology/subjects.ts'
 import type { Emission, Operator, StepResult } from '../runtime/operator.ts'
 import { applyControl, definitionsInForce, type ResolvedDefinition } from './definitions.ts'
 import { addUser, countUsers, DEFAULT_EXACT_LIMIT, noUsers, type DistinctOptions, type DistinctUsers } from './distinct.ts'
@@ -163,8 +163,7 @@ export function createAggregates(options: AggregateOptions): Operator<AggregateS
       v: ENVELOPE_VERSION, type: 'aggregate', project: state.project, id: `aggregate:${key}:${state.source}:${state.keyGroup}:${version}`,
       time: window.start, key, keyGroup, source: state.source, origin: state.origin, data,
     }
-    // the one place this envelope meets the runtime's types (see envelopes.ts)
-    out.push({ stage: AGGREGATES_STAGE as string as Stage, project: state.project, keyGroup, envelope: envelope as unknown as AnyEnvelope })
+    out.push({ stage: AGGREGATES_STAGE, project: state.project, keyGroup, envelope })
     return { ...group, version, dirty: false }
   }
 

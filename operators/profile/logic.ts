@@ -2,11 +2,12 @@ import { ENVELOPE_VERSION, type AnyEnvelope, type EnrichedEventEnvelope, type Or
 import type { EngagementLevel, Profile, ProfileAcquisition } from '../../schemas/profile.ts'
 import type { SegmentMessage } from '../../schemas/segment.ts'
 import { keyGroupOf, type Stage } from '../../topology/subjects.ts'
-import type { Emission, MergeContext, Operator, StepResult } from '../runtime/operator.ts'
+import type { DefinitionChangeContext, Emission, MergeContext, Operator, StepResult } from '../runtime/operator.ts'
 import { DEFAULT_HORIZON_MS, DEFAULT_MAX_SESSIONS } from '../sessionize/logic.ts'
 import { acquisitionMonthOf, dayLabelOf, localDayOf, startOfLocalDay } from './calendar.ts'
 import { DEFAULT_THRESHOLDS, engagementOnDay, nextLevelChangeDay, WINDOW_DAYS, type Activity, type Engagement } from './engagement.ts'
 import { PROFILES_STAGE, type ProfileEnvelope, type SegmentMembershipEnvelope } from './envelopes.ts'
+import { applySegmentControl, definitionsOf, segmentChanges, segmentsOf, type ProfileValues } from './segments.ts'
 
 const MINUTE = 60_000
 
@@ -122,6 +123,10 @@ export interface ProfileState {
   engagement?: StoredEngagement
   /** The level last announced in a membership change (absent: none, or the last one removed the user). */
   member?: EngagementLevel
+  /** Saved segments the user was last announced in, sorted ids (absent: none); at most one per segment of the project. */
+  segments?: string[]
+  /** Version of the last saved-segment membership change emitted (absent: none yet). */
+  segmentVersion?: number
   /** Start of the local day on which the level next changes if nothing else happens. */
   levelWakeAt?: number
   /** A coalesced publication of counts is due when the watermark reaches it. */
@@ -456,6 +461,57 @@ function publishMembership(out: Emission[], owner: Owner, state: ProfileState, t
   return { ...rest, ...optional('member', to), membershipVersion: version }
 }
 
+/** What a saved segment's condition reads of a user: the columns the profiles table has for them. */
+export function profileValuesOf(state: ProfileState): ProfileValues {
+  return (dimension) => {
+    switch (dimension) {
+      case 'engagement': return state.engagement?.level
+      case 'engagement_score': return state.engagement?.score
+      case 'acquisition_month': return state.acquisition?.month
+      case 'acquisition_channel': return state.acquisition?.channel
+      case 'acquisition_source': return state.acquisition?.source
+      case 'acquisition_medium': return state.acquisition?.medium
+      case 'acquisition_campaign': return state.acquisition?.campaign
+      case 'country': return state.geo?.country
+      case 'city': return state.geo?.city
+      case 'device': return state.device?.type
+      case 'browser': return state.device?.browser
+      case 'os': return state.device?.os
+      case 'events': return state.events
+      case 'sessions': return state.sessions
+      default:
+        if (dimension.startsWith('trait.')) {
+          const name = dimension.slice('trait.'.length)
+          return Object.hasOwn(state.traits, name) ? state.traits[name]!.value : undefined
+        }
+        return undefined
+    }
+  }
+}
+
+/**
+ * Brings the saved segments the user is announced in up to `target` (sorted ids): one
+ * membership change per segment left (`from`) or entered (`to`), left ones first.
+ */
+function publishSegmentChanges(out: Emission[], owner: Owner, state: ProfileState, target: string[], time: number): ProfileState {
+  const { left, entered } = segmentChanges(state.segments ?? [], target)
+  if (left.length === 0 && entered.length === 0) return state
+  let version = state.segmentVersion ?? 0
+  const announce = (change: { from: string } | { to: string }) => {
+    version++
+    const envelope: SegmentMembershipEnvelope = {
+      ...envelopeFields(owner, `${owner.canonicalId}:segment:${version}`, time, state),
+      type: 'segment_membership',
+      data: { dimension: 'segment', canonicalId: owner.canonicalId, ...change, version },
+    }
+    out.push(emissionOf(owner, envelope))
+  }
+  for (const id of left) announce({ from: id })
+  for (const id of entered) announce({ to: id })
+  const { segments: _segments, ...rest } = state
+  return { ...rest, ...(target.length > 0 ? { segments: target } : {}), segmentVersion: version }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The operator
 
@@ -497,7 +553,7 @@ export function createProfile(options: ProfileOptions): Operator<ProfileState, P
   }
 
   /** Publishes what must go out now, schedules what can wait, and sets the timer. */
-  function finish(state: ProfileState, out: Emission[], publishNow: boolean, counted: boolean, coalesceFrom: number): StepResult<ProfileState> {
+  function finish(state: ProfileState, out: Emission[], publishNow: boolean, counted: boolean, coalesceFrom: number, control: unknown): StepResult<ProfileState> {
     let next = state
     if (next.events > 0) {
       const owner = ownerOf(next.canonicalId, next.project)
@@ -505,6 +561,7 @@ export function createProfile(options: ProfileOptions): Operator<ProfileState, P
       const level = next.engagement!.level
       const levelChanged = next.member !== level
       if (levelChanged) next = publishMembership(out, owner, next, level, time)
+      next = publishSegmentChanges(out, owner, next, segmentsOf(definitionsOf(control), profileValuesOf(next)), time)
       if (publishNow || levelChanged || next.profileVersion === 0) {
         next = publishProfile(out, owner, next, time)
       } else if (counted && next.publishAt === undefined) {
@@ -558,12 +615,22 @@ export function createProfile(options: ProfileOptions): Operator<ProfileState, P
       // the level depends on events only: a session message leaves it (and its timer) as it was
       const next = envelope.type === 'enriched_event' ? evaluate(applied.state, context.watermark) : applied.state
       const coalesceFrom = Number.isFinite(context.watermark) ? Math.max(context.watermark, envelope.time) : envelope.time
-      return finish(next, [], applied.notable, applied.counted, coalesceFrom)
+      return finish(next, [], applied.notable, applied.counted, coalesceFrom, context.control)
     },
-    onTimer(state, now) {
+    onTimer(state, now, context) {
       if (state.events === 0) return { state, emit: [] }
       const due = state.publishAt !== undefined && state.publishAt <= now
-      return finish(evaluate(state, now), [], due, false, now)
+      return finish(evaluate(state, now), [], due, false, now, context?.control)
+    },
+    onControl: applySegmentControl,
+    onDefinitionChange(state, context: DefinitionChangeContext) {
+      // a segment created (or deleted): every user of the project enters (or leaves) it here,
+      // at the control message's place in the input, so the live size starts from everybody
+      if (state.events === 0) return withWakeAt(state, [])
+      const out: Emission[] = []
+      const target = segmentsOf(definitionsOf(context.control), profileValuesOf(state))
+      const next = publishSegmentChanges(out, ownerOf(state.canonicalId, state.project), state, target, state.engagement?.asOf ?? state.last!.time)
+      return withWakeAt(next, out)
     },
     mergeInto(into, from, context: MergeContext) {
       const project = into?.project || from.project
@@ -574,11 +641,12 @@ export function createProfile(options: ProfileOptions): Operator<ProfileState, P
         const fromOwner = ownerOf(from.canonicalId || context.from, project)
         let ended = from
         if (from.member !== undefined) ended = publishMembership(out, fromOwner, ended, undefined, from.engagement?.asOf ?? from.last!.time)
+        ended = publishSegmentChanges(out, fromOwner, ended, [], from.engagement?.asOf ?? from.last!.time)
         if (from.profileVersion > 0) publishProfile(out, fromOwner, ended, from.engagement?.asOf ?? from.last!.time, context.into)
       }
       const merged = mergeStates(into, withoutReannounced(from), context.into, project, timezone)
       if (into === undefined && merged.events === 0 && merged.sessions === 0 && merged.days.length === 0) return { state: undefined, emit: out }
-      return finish(evaluate(merged, context.watermark), out, merged.events > 0, false, context.watermark)
+      return finish(evaluate(merged, context.watermark), out, merged.events > 0, false, context.watermark, context.control)
     },
   }
 
@@ -609,7 +677,7 @@ export function createProfile(options: ProfileOptions): Operator<ProfileState, P
     const fromGeo = from.geo !== undefined && (target.geo === undefined || before(target.geo, from.geo))
     const {
       first: _first, last: _last, lastDay: _lastDay, acquisition: _acquisition, device: _device, geo: _geo, engagement: _engagement,
-      levelWakeAt: _levelWakeAt, publishAt: _publishAt, member: _member, ...common
+      levelWakeAt: _levelWakeAt, publishAt: _publishAt, member: _member, segments: _segments, segmentVersion: _segmentVersion, ...common
     } = target
     const first = fromFirst ? from.first : target.first
     const last = fromLast ? from.last : target.last
@@ -637,6 +705,8 @@ export function createProfile(options: ProfileOptions): Operator<ProfileState, P
       ...optional('device', fromDevice ? from.device : target.device),
       ...optional('geo', fromGeo ? from.geo : target.geo),
       ...optional('member', into?.member),
+      ...optional('segments', into?.segments),
+      ...optional('segmentVersion', into?.segmentVersion),
       traits: traits.traits,
       days: totals.days,
       names: totals.names,

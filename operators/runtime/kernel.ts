@@ -1,5 +1,5 @@
 import { decodeEnvelope, encode } from '../../schemas/codec.ts'
-import { ENVELOPE_VERSION, type MergeEnvelope, type MergeStateEnvelope, type Source } from '../../schemas/envelope.ts'
+import { ENVELOPE_VERSION, type Control, type MergeEnvelope, type MergeStateEnvelope, type Source } from '../../schemas/envelope.ts'
 import { keyGroupOf, parseSubject, subjectFor, type Stage } from '../../topology/subjects.ts'
 import { deadLetterOf } from './dead-letter.ts'
 import { TimerHeap } from './heap.ts'
@@ -159,6 +159,13 @@ export function processMessage<State, Input>(
       // a definition change takes effect here, at this input position, in every replay too
       if (envelope.data.stepId === operator.stepId && operator.onControl) {
         group.control[envelope.project] = operator.onControl(group.control[envelope.project], envelope.data)
+        if (operator.onDefinitionChange && !operator.stateless) {
+          try {
+            applyDefinitionChange(operator, group, message, envelope.project, envelope.data, options, idPrefix, outgoing)
+          } catch (error) {
+            deadLetter(`${operator.stepId} threw on a definition change: ${(error as Error).message}`)
+          }
+        }
       }
       return outgoing
     }
@@ -290,6 +297,32 @@ function applyMerge<State, Input>(
   counters.merged++
 }
 
+/**
+ * A definition change reaches every key of its project in this key group at once, in key order
+ * (a Map's order differs between a live key group and one loaded from a checkpoint; the outputs'
+ * ids count the keys that emitted, so the order must not). A key that did not change is left
+ * alone (not written at the next commit).
+ */
+function applyDefinitionChange<State, Input>(
+  operator: Operator<State, Input>, group: KeyGroupState<State>, message: InputMessage, project: string, change: Control, options: KernelOptions, idPrefix: string, outgoing: Outgoing[],
+) {
+  const prefix = `${project}/`
+  const keys = [...group.keys.keys()].filter((key) => key.startsWith(prefix)).sort()
+  let changed = 0
+  for (const key of keys) {
+    const entry = group.keys.get(key)!
+    // applied before a crash that came before the checkpoint: its outputs are already out
+    if ((entry.applied[message.stream] ?? 0) >= message.seq) continue
+    const watermark = watermarkOf(group, project, entry.source, options.latenessOf(project))
+    const result = operator.onDefinitionChange!(entry.state, { change, control: group.control[project], watermark })
+    if (result.state === entry.state && result.emit.length === 0 && result.wakeAt === entry.wakeAt) continue
+    entry.applied = { ...entry.applied, [message.stream]: message.seq }
+    applyResult(group, key, entry, result)
+    toOutgoing(operator.stepId, result.emit, `${idPrefix}:d${changed}`, outgoing)
+    changed++
+  }
+}
+
 /** Runs onTimer for every key of one watermark whose wakeAt the watermark has passed. */
 function fireTimers<State, Input>(
   operator: Operator<State, Input>, group: KeyGroupState<State>, name: string, watermark: number, idPrefix: string, outgoing: Outgoing[], counters: KernelCounters,
@@ -308,7 +341,7 @@ function fireTimers<State, Input>(
     }
     if (entry.wakeAt !== at) continue // superseded by an earlier timer, which came out first
     entry.wakeAt = undefined
-    const result = operator.onTimer(entry.state, watermark)
+    const result = operator.onTimer(entry.state, watermark, { control: group.control[entry.project] })
     applyResult(group, key, entry, result)
     const emitted: Outgoing[] = []
     toOutgoing(operator.stepId, result.emit, `${idPrefix}${fired}`, emitted)

@@ -59,8 +59,15 @@ export interface Operator<State, Input> {
    * pure, like everything here. Operators without it ignore control messages.
    */
   onControl?(definitions: unknown, control: Control): unknown
+  /**
+   * Runs for every key of the project in the key group (in key order) right after `onControl`
+   * applied a definition change, at the control message's input position: what each key derives
+   * from the definitions (a user's saved-segment memberships) is brought up to date there, in
+   * every replay too. Pure. Without it, a definition change reaches a key at its next input.
+   */
+  onDefinitionChange?(state: State, context: DefinitionChangeContext): StepResult<State>
   /** Runs when the watermark passes the key's wakeAt; `now` is that watermark. */
-  onTimer?(state: State, now: number): StepResult<State>
+  onTimer?(state: State, now: number, context?: TimerContext): StepResult<State>
   /**
    * Identity merge (docs/identity.md): the state of the anonymous key `from`
    * moves into the user key `into` of the same project. Returns `into`'s new
@@ -68,6 +75,20 @@ export interface Operator<State, Input> {
    * re-emit it under `into`). Pure. Without it, `from`'s state is dropped at a merge.
    */
   mergeInto?(into: State | undefined, from: State, context: MergeContext): StepResult<State>
+}
+
+export interface TimerContext {
+  /** The definitions in force for the key's project. */
+  control: unknown
+}
+
+export interface DefinitionChangeContext {
+  /** The change just applied. */
+  change: Control
+  /** The definitions in force from now on (what onControl returned). */
+  control: unknown
+  /** The key group's watermark for the key's project and source, ms. */
+  watermark: number
 }
 
 export interface MergeContext {

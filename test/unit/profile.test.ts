@@ -810,7 +810,7 @@ function checkOutputs(run: Run) {
       const expected = (profileVersions.get(envelope.key) ?? 0) + 1
       if (envelope.data.version !== expected) throw new Error(`${envelope.key}: profile version ${envelope.data.version} after ${expected - 1}`)
       profileVersions.set(envelope.key, expected)
-    } else {
+    } else if (envelope.data.dimension === 'engagement') {
       const previous = members.get(envelope.key) ?? { version: 0 }
       if (envelope.data.version !== previous.version + 1) throw new Error(`${envelope.key}: membership version ${envelope.data.version} after ${previous.version}`)
       if (envelope.data.from !== previous.to) throw new Error(`${envelope.key}: from ${envelope.data.from}, but was ${previous.to}`)
