@@ -5,8 +5,8 @@ import { from as copyFrom } from 'pg-copy-streams'
 import type { Logger } from '../config/logger.ts'
 import { migrate, type DatabaseTarget } from './migrate.ts'
 import { maintainEvents, type MaintenancePolicy } from './maintenance.ts'
+import { funnelProgressStore } from './funnel-progress.ts'
 import { profileStore } from './profiles.ts'
-import { aggregateStore } from './aggregates.ts'
 import { sessionStore } from './sessions.ts'
 
 /** One row of the events table. Times are ms since the epoch. */
@@ -161,7 +161,7 @@ export async function openStore(options: StoreOptions) {
     withClient,
     ...sessionStore(query),
     ...profileStore(withClient),
-    ...aggregateStore(withClient),
+    ...funnelProgressStore(query),
     get target(): DatabaseTarget {
       if (!target) throw new Error('store not migrated yet: call migrate() first')
       return target

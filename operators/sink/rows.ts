@@ -1,5 +1,5 @@
 import type { AnyEnvelope, EnrichedEventEnvelope } from '../../schemas/envelope.ts'
-import type { AggregateRow } from '../../store/aggregates.ts'
+import type { FunnelProgressRow } from '../../store/funnel-progress.ts'
 import type { ProfileRow } from '../../store/profiles.ts'
 import type { IdentityLink, SessionRow } from '../../store/sessions.ts'
 import type { EventRow } from '../../store/store.ts'
@@ -93,15 +93,14 @@ export function profileRowOf(envelope: AnyEnvelope, profilesSeq: number): Profil
   }
 }
 
-/** A partial aggregate as an aggregate_partials row; undefined: not the sink's (control, merges, watermarks). Pure. */
-export function aggregateRowOf(envelope: AnyEnvelope): AggregateRow | undefined {
+/** A user's funnel progress as a funnel_progress row; undefined: not the sink's (watermarks, control). Pure. */
+export function funnelProgressRowOf(envelope: AnyEnvelope): FunnelProgressRow | undefined {
   if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state' || envelope.type === 'watermark') return undefined
-  if (envelope.type !== 'aggregate') throw new Error(`sink-aggregates reads aggregate messages, got ${envelope.type}`)
+  if (envelope.type !== 'funnel_progress') throw new Error(`sink-funnels reads funnel_progress messages, got ${envelope.type}`)
   const { data } = envelope
   return {
-    project: envelope.project, groupKey: envelope.key, source: data.partition.source, keyGroup: data.partition.keyGroup,
-    definition: data.definition, definitionVersion: data.definitionVersion, windowKind: data.window.kind,
-    windowStart: data.window.start, windowEnd: data.window.end, name: data.name, dimensions: data.dimensions,
-    count: data.count, distinctUsers: data.distinctUsers, exact: data.exact, final: data.final, version: data.version,
+    project: envelope.project, funnelId: data.funnelId, funnelVersion: data.funnelVersion, canonicalId: data.canonicalId, version: data.version,
+    level: data.level, steps: data.steps, status: data.status, stepTimes: data.stepTimes, breakdown: data.breakdown ?? null, asOf: data.asOf,
+    mergedInto: data.mergedInto ?? null,
   }
 }
