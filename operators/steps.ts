@@ -20,9 +20,10 @@ import type { Metrics } from './runtime/metrics.ts'
 import type { Operator } from './runtime/operator.ts'
 import { runSink } from './runtime/run-sink.ts'
 import { createFunnel } from './funnel/logic.ts'
+import { createAggregates } from './aggregate/logic.ts'
 import { createProfile } from './profile/logic.ts'
 import { createSessionize } from './sessionize/logic.ts'
-import { eventsSinkItemOf, funnelProgressRowOf, profileRowOf, sessionRowOf } from './sink/rows.ts'
+import { aggregateRowOf, eventsSinkItemOf, funnelProgressRowOf, profileRowOf, sessionRowOf } from './sink/rows.ts'
 
 export interface StepContext {
   nc: NatsConnection
@@ -68,6 +69,10 @@ export const OPERATORS: Record<string, (context: StepContext) => Operator<any, a
   }),
   // sessionize runs with its defaults (7 days, 50 sessions), which are createFunnel's defaults too
   funnel: (context) => createFunnel({ keyGroups: context.keyGroups }),
+  aggregates: (context) => createAggregates({
+    keyGroups: context.keyGroups,
+    timezoneOf: (project) => context.projects?.byId(project)?.timezone ?? 'UTC',
+  }),
 }
 
 /**
@@ -93,6 +98,8 @@ const IDLE_TTL_MS: Record<string, number> = {
   // (a conversion). Eviction is decided at the key's next input and frees no memory meanwhile, so
   // never starting over costs nothing: the state is bounded per user (docs/funnels.md, "State").
   funnel: Number.POSITIVE_INFINITY,
+  // a key holds the open windows of one event name: it drops itself once they close, never by idleness
+  aggregates: Number.POSITIVE_INFINITY,
 }
 
 const runOperatorStep: StepRunner = async (step, context) => {
@@ -177,6 +184,7 @@ const SINKS: Record<string, StepRunner> = {
   'sink-sessions': sinkRunner(sessionRowOf, (context, rows) => context.store.upsertSessions(rows)),
   'sink-profiles': sinkRunner(profileRowOf, (context, rows) => context.store.upsertProfiles(rows)),
   'sink-funnels': sinkRunner(funnelProgressRowOf, (context, rows) => context.store.upsertFunnelProgress(rows)),
+  'sink-aggregates': sinkRunner(aggregateRowOf, (context, rows) => context.store.upsertAggregates(rows)),
 }
 
 /** Steps that run in processes (everything but sources). */

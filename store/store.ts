@@ -7,6 +7,7 @@ import { migrate, type DatabaseTarget } from './migrate.ts'
 import { maintainEvents, type MaintenancePolicy } from './maintenance.ts'
 import { funnelProgressStore } from './funnel-progress.ts'
 import { profileStore } from './profiles.ts'
+import { aggregateStore } from './aggregates.ts'
 import { sessionStore } from './sessions.ts'
 
 /** One row of the events table. Times are ms since the epoch. */
@@ -162,6 +163,7 @@ export async function openStore(options: StoreOptions) {
     ...sessionStore(query),
     ...profileStore(withClient),
     ...funnelProgressStore(query),
+    ...aggregateStore(withClient),
     get target(): DatabaseTarget {
       if (!target) throw new Error('store not migrated yet: call migrate() first')
       return target

@@ -1,4 +1,5 @@
 import type { AnyEnvelope, EnrichedEventEnvelope } from '../../schemas/envelope.ts'
+import type { AggregateRow } from '../../store/aggregates.ts'
 import type { FunnelProgressRow } from '../../store/funnel-progress.ts'
 import type { ProfileRow } from '../../store/profiles.ts'
 import type { IdentityLink, SessionRow } from '../../store/sessions.ts'
@@ -102,5 +103,18 @@ export function funnelProgressRowOf(envelope: AnyEnvelope): FunnelProgressRow | 
     project: envelope.project, funnelId: data.funnelId, funnelVersion: data.funnelVersion, canonicalId: data.canonicalId, version: data.version,
     level: data.level, steps: data.steps, status: data.status, stepTimes: data.stepTimes, breakdown: data.breakdown ?? null, asOf: data.asOf,
     mergedInto: data.mergedInto ?? null,
+  }
+}
+
+/** A partial aggregate as an aggregate_partials row; undefined: not the sink's (control, merges, watermarks). Pure. */
+export function aggregateRowOf(envelope: AnyEnvelope): AggregateRow | undefined {
+  if (envelope.type === 'control' || envelope.type === 'merge' || envelope.type === 'merge_state' || envelope.type === 'watermark') return undefined
+  if (envelope.type !== 'aggregate') throw new Error(`sink-aggregates reads aggregate messages, got ${envelope.type}`)
+  const { data } = envelope
+  return {
+    project: envelope.project, groupKey: envelope.key, source: data.partition.source, keyGroup: data.partition.keyGroup,
+    definition: data.definition, definitionVersion: data.definitionVersion, windowKind: data.window.kind,
+    windowStart: data.window.start, windowEnd: data.window.end, name: data.name, dimensions: data.dimensions,
+    count: data.count, distinctUsers: data.distinctUsers, exact: data.exact, final: data.final, version: data.version,
   }
 }
