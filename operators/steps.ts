@@ -19,7 +19,8 @@ import { startInstance, type Failpoint } from './runtime/instance.ts'
 import type { Metrics } from './runtime/metrics.ts'
 import type { Operator } from './runtime/operator.ts'
 import { runSink } from './runtime/run-sink.ts'
-import { createFunnel } from './funnel/logic.ts'
+import { createFunnel, FUNNEL_STEP_ID } from './funnel/logic.ts'
+import { startFunnelBackfill } from './funnel/backfill-worker.ts'
 import { createAggregates } from './aggregate/logic.ts'
 import { createProfile } from './profile/logic.ts'
 import { createSessionize } from './sessionize/logic.ts'
@@ -170,6 +171,20 @@ const withMaintenance = (runner: StepRunner): StepRunner => async (step, context
   return { stop: async () => { clearTimeout(first); clearInterval(every); await running.stop() } }
 }
 
+/**
+ * Runs the funnel backfill worker beside the funnel step (docs/funnels.md, "Backfill"): it takes
+ * pending backfills from the funnels table, so every process running the step runs one, and a
+ * claim in the table keeps two from doing the same backfill.
+ */
+const withFunnelBackfill = (runner: StepRunner): StepRunner => async (step, context) => {
+  const running = await runner(step, context)
+  const worker = startFunnelBackfill({
+    nc: context.nc, publisher: context.publisher, pool: context.store.pool, topology: context.topology, keyGroups: context.keyGroups,
+    logger: context.logger, latenessOf: (project) => settingsOf(context, project).allowedLatenessMs, idleTtlMs: IDLE_TTL_MS[step.stepId] ?? 30 * 86_400_000,
+  })
+  return { stop: async () => { await worker.stop(); await running.stop() } }
+}
+
 /** Sinks by stepId. */
 const SINKS: Record<string, StepRunner> = {
   'sink-events': withMaintenance(sinkRunner(eventsSinkItemOf, async (context, items) => {
@@ -204,7 +219,7 @@ export async function startSteps(context: StepContext, stepIds: readonly string[
   const logger = context.logger.child({ component: 'operator' })
   const running: RunningStep[] = []
   for (const step of chosen) {
-    const runner = step.kind === 'operator' ? runOperatorStep : SINKS[step.stepId]
+    const runner = step.kind === 'operator' ? (step.stepId === FUNNEL_STEP_ID ? withFunnelBackfill(runOperatorStep) : runOperatorStep) : SINKS[step.stepId]
     if (!runner) throw new Error(`step "${step.stepId}" has no runner in operators/steps.ts`)
     running.push(await runner(step, { ...context, logger }))
     logger.info({ stepId: step.stepId }, 'step started')

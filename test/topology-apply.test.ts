@@ -16,7 +16,7 @@ t.test('apply creates everything, then changes nothing', async (t) => {
   t.teardown(async () => { await nc.close(); await nats.close() })
   const first = await applyTopology(nc, segstreamTopology(small), { keyGroups: 16 })
   t.ok(first.every((c) => c.action === 'created'), 'first apply creates every resource')
-  t.same(first.filter((c) => c.kind === 'stream').map((c) => c.name), ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_AGGREGATES', 'SEG_LATE', 'SEG_DLQ'])
+  t.same(first.filter((c) => c.kind === 'stream').map((c) => c.name), ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_BACKFILL', 'SEG_AGGREGATES', 'SEG_LATE', 'SEG_DLQ'])
   const second = await applyTopology(nc, segstreamTopology(small), { keyGroups: 16 })
   t.same(second.filter((c) => c.action !== 'unchanged'), [], 'second apply changes nothing')
   t.equal(second.length, first.length)
@@ -30,7 +30,7 @@ t.test('apply creates everything, then changes nothing', async (t) => {
   // a safe change (longer retention) is applied as an update
   const longer = await applyTopology(nc, segstreamTopology({ ...small, streamMaxAgeMs: 14 * 86_400_000 }), { keyGroups: 16 })
   const updated = longer.filter((c) => c.action === 'updated').map((c) => c.name)
-  t.same(updated, ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_AGGREGATES', 'SEG_LATE'], 'longer max age is an update')
+  t.same(updated, ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_BACKFILL', 'SEG_AGGREGATES', 'SEG_LATE'], 'longer max age is an update')
   t.match(longer.find((c) => c.name === 'SEG_RAW')!.changes.join(), /max_age/)
 })
 

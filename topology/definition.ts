@@ -40,6 +40,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
       { name: 'SEG_SESSIONS', description: 'Session starts, ends and retractions, routed by canonical user id', subjects: [stageFilter('sessions')], ...eventStream },
       { name: 'SEG_PROFILES', description: 'Profile changes and engagement membership changes, routed by canonical user id', subjects: [stageFilter('profiles')], ...eventStream },
       { name: 'SEG_FUNNELS', description: 'Funnel progress: each user\'s level, step times and status per funnel version, routed by canonical user id', subjects: [stageFilter('funnels')], ...eventStream },
+      { name: 'SEG_BACKFILL', description: 'Backfill seeds: each user\'s funnel track over the history before a new funnel version, read by the funnel step only', subjects: [stageFilter('backfill')], ...eventStream },
       { name: 'SEG_AGGREGATES', description: 'Windowed aggregates: per key group and source, partial event counts and distinct users of each window and group, routed by the group', subjects: [stageFilter('aggregates')], ...eventStream },
       { name: 'SEG_LATE', description: 'Inputs too late for a window already closed, as they came', subjects: [stageFilter('late')], ...eventStream, maxBytes: Math.min(maxBytes, GIB / 4) },
       { name: 'SEG_DLQ', description: 'Rejected and poison messages with the reason and the original payload', subjects: [stageFilter('dlq')], ...eventStream, maxAgeMs: 30 * DAY, maxBytes: Math.min(maxBytes, GIB / 4) },
@@ -91,10 +92,19 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         kind: 'operator',
         description: 'Funnel progress per canonical user and funnel: level reached, step times, in progress or dropped (definitions arrive as control messages)',
         module: 'operators/funnel',
-        inputs: [stageFilter('enriched'), stageFilter('sessions')],
+        inputs: [stageFilter('enriched'), stageFilter('sessions'), stageFilter('backfill')],
         // late: events behind the operator's horizon (1 day) are refused, not applied
         outputs: [stageFilter('funnels'), stageFilter('late'), stageFilter('dlq')],
         consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+      },
+      {
+        stepId: 'funnel-backfill',
+        // not a step of its own: the funnel step's processes run it (operators/steps.ts); it keeps no durable consumer
+        kind: 'source',
+        description: 'Funnel backfill: replays the funnel step\'s inputs before a new funnel version\'s control message and seeds each user\'s track over that history',
+        module: 'operators/funnel',
+        inputs: [stageFilter('enriched'), stageFilter('sessions')],
+        outputs: [stageFilter('backfill')],
       },
       {
         stepId: 'aggregates',

@@ -68,6 +68,8 @@ export interface UserFunnel {
   sent?: SentProgress
   /** While in progress: when the status turns to dropped. */
   wake?: number
+  /** The users whose backfill seed was merged into this entry (docs/funnels.md, "Backfill"): a seed delivered again changes nothing. */
+  sd?: string[]
 }
 
 /** A session seen on the sessions stage: its last version and start, and whether it was retracted (kept so older versions stay ignored). */
@@ -91,6 +93,11 @@ export interface FunnelState {
   origin: Origin
   /** The definitions (ids and versions) the entries were last reconciled with. */
   d?: string
+  /**
+   * Only in a backfill seed (a `merge_state` message on the `backfill` stage): the funnel version
+   * whose history `funnels` holds. Never in a kept state.
+   */
+  seed?: { id: string; v: number }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,6 +272,7 @@ function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source'
     : summary.level === 0
   if (unchanged && entry.wake === summary.wakeAt) return entry
   const next: UserFunnel = { id: entry.id, track }
+  if (entry.sd !== undefined) next.sd = entry.sd
   const nextSent = unchanged ? sent : publish(out, owner, state, { id: entry.id, version: track.v, steps: track.n }, sent, summary)
   if (nextSent !== undefined) next.sent = nextSent
   if (summary.wakeAt !== undefined) next.wake = summary.wakeAt
@@ -362,6 +370,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       const changed: UserFunnel = { id: entry.id, track }
       if (entry.sent !== undefined) changed.sent = entry.sent
       if (entry.wake !== undefined) changed.wake = entry.wake
+      if (entry.sd !== undefined) changed.sd = entry.sd
       place(funnels, changed)
       ;(touched ??= []).push(entry.id)
     }
@@ -422,6 +431,66 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     return withWakeAt(next, out, late)
   }
 
+  /**
+   * A backfill seed (docs/funnels.md, "Backfill"): the user's track of one funnel version over the
+   * history before its control message, merged with what was tracked live since, as an identity
+   * merge merges two users' tracks (deduplicated, replayed). A seed for a version not in force, or
+   * one already merged, changes nothing. `context.into` differs from the seed's user when that
+   * anonymous id was linked to a user after the history's end: then its sessions, which sessionize
+   * announces again under the user, are left out, as in an identity merge.
+   */
+  function applySeed(into: FunnelState | undefined, seed: FunnelState, project: CompiledProject | undefined, context: MergeContext): StepResult<FunnelState> {
+    const keep = (): StepResult<FunnelState> => (into === undefined ? { state: undefined, emit: [] } : withWakeAt(into, []))
+    const funnel = project?.byId.get(seed.seed!.id)
+    if (project === undefined || funnel === undefined || funnel.version !== seed.seed!.v) return keep()
+    const seeded = seed.funnels.find((entry) => entry.id === funnel.id && entry.track.v === funnel.version)
+    if (seeded === undefined) return keep()
+    const seedUser = seed.canonicalId || context.from
+    const current: FunnelState = into === undefined || into.canonicalId === ''
+      ? { ...empty(), ...into, canonicalId: context.into, project: into?.project || seed.project, source: into?.source ?? seed.source, origin: into?.origin ?? seed.origin, d: project.stamp }
+      : reconcile(into, project)
+    const index = indexOf(current.funnels, funnel)
+    const live = index >= 0 ? current.funnels[index]! : undefined
+    if (live?.sd?.includes(seedUser)) return keep()
+    let seedTrack = seeded.track
+    let liveTrack = live?.track ?? newTrack(funnel)
+    let sessions = current.sessions
+    if (project.sessions.includes(funnel)) {
+      if (seedUser !== context.into) {
+        const reannounced = new Set(Object.keys(seed.sessions).filter((id) => !seed.sessions[id]!.r).map((id) => `${SESSION_EVENT_PREFIX}${id}`))
+        if (reannounced.size > 0) seedTrack = removeEvents(funnel, seedTrack, reannounced)
+      } else {
+        // a session both sides know counts where its newer version put it
+        const fromSeed = new Set<string>()
+        const fromLive = new Set<string>()
+        const merged: Record<string, SeenSession> = { ...current.sessions }
+        for (const [id, seen] of Object.entries(seed.sessions)) {
+          const known = Object.hasOwn(current.sessions, id) ? current.sessions[id] : undefined
+          // the same start under a newer version is the same step event (onSession leaves it where it is)
+          const moved = known !== undefined && (known.r === true || seen.r === true || known.t !== seen.t)
+          if (known !== undefined && known.v >= seen.v) {
+            if (moved) fromSeed.add(`${SESSION_EVENT_PREFIX}${id}`)
+            continue
+          }
+          if (moved) fromLive.add(`${SESSION_EVENT_PREFIX}${id}`)
+          merged[id] = seen
+        }
+        if (fromSeed.size > 0) seedTrack = removeEvents(funnel, seedTrack, fromSeed)
+        if (fromLive.size > 0) liveTrack = removeEvents(funnel, liveTrack, fromLive)
+        sessions = pruneSessions(merged, sessionHorizonMs, maxTrackedSessions)
+      }
+    }
+    const entry: UserFunnel = { id: funnel.id, track: mergeTracks(funnel, liveTrack, seedTrack, limits, context.watermark), sd: [...(live?.sd ?? []), seedUser] }
+    if (live?.sent !== undefined) entry.sent = live.sent
+    if (live?.wake !== undefined) entry.wake = live.wake
+    const funnels = current.funnels.slice()
+    const at = place(funnels, entry)
+    const next: FunnelState = { ...current, funnels, sessions }
+    const out: Emission[] = []
+    funnels[at] = report(out, ownerOf(next.canonicalId, next.project), next, entry, context.watermark)
+    return withWakeAt(next, out)
+  }
+
   return {
     stepId: FUNNEL_STEP_ID,
     init: empty,
@@ -455,6 +524,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     },
     mergeInto(into, from, context: MergeContext) {
       const project = compiledOf(context.control)
+      if (from.seed !== undefined) return applySeed(into, from, project, context)
       const projectId = into?.project || from.project
       const out: Emission[] = []
       // what was published under the anonymous id ends there: the user's messages carry it from now on
@@ -480,7 +550,8 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
         const moved = reannounced.size > 0 ? removeEvents(funnel, theirs.track, reannounced) : theirs.track
         const track = mine ? mergeTracks(funnel, mine.track, moved, limits, context.watermark) : moved
         touched.push(funnels.length)
-        funnels.push({ id: funnel.id, track, ...optionalSent(mine?.sent) })
+        const seeded = [...(mine?.sd ?? []), ...(theirs.sd ?? [])]
+        funnels.push({ id: funnel.id, track, ...optionalSent(mine?.sent), ...(seeded.length > 0 ? { sd: seeded } : {}) })
       }
       const sessions = project && project.sessions.length > 0 ? base.sessions : {}
       if (funnels.length === 0 && Object.keys(sessions).length === 0) return { state: undefined, emit: out }

@@ -34,22 +34,23 @@ t.test('the shipped topology is valid', async (t) => {
   t.equal(validateTopology(topology), topology, 'validateTopology returns it unchanged')
   t.same(
     topology.steps.map((s) => s.stepId),
-    ['collector', 'enrich', 'sessionize', 'profile', 'funnel', 'aggregates', 'sink-events', 'sink-sessions', 'sink-profiles', 'sink-funnels', 'sink-aggregates'],
+    ['collector', 'enrich', 'sessionize', 'profile', 'funnel', 'funnel-backfill', 'aggregates', 'sink-events', 'sink-sessions', 'sink-profiles', 'sink-funnels', 'sink-aggregates'],
   )
   t.same(
     topology.streams.map((s) => s.name),
-    ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_AGGREGATES', 'SEG_LATE', 'SEG_DLQ'],
+    ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_BACKFILL', 'SEG_AGGREGATES', 'SEG_LATE', 'SEG_DLQ'],
   )
   t.same(
     topology.streams.map((s) => s.subjects),
-    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.sessions.*'], ['seg.*.profiles.*'], ['seg.*.funnels.*'], ['seg.*.aggregates.*'], ['seg.*.late.*'], ['seg.*.dlq.*']],
+    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.sessions.*'], ['seg.*.profiles.*'], ['seg.*.funnels.*'], ['seg.*.backfill.*'], ['seg.*.aggregates.*'], ['seg.*.late.*'], ['seg.*.dlq.*']],
   )
   const byId = (id: string) => topology.steps.find((s) => s.stepId === id)!
   t.same(downstreamOf(topology, byId('collector')).map((s) => s.stepId), ['enrich'], 'the collector feeds enrich')
-  t.same(downstreamOf(topology, byId('enrich')).map((s) => s.stepId), ['sessionize', 'profile', 'funnel', 'aggregates', 'sink-events'], 'enrich feeds sessionize, profile, funnel, aggregates and the sink')
-  t.same(downstreamOf(topology, byId('sessionize')).map((s) => s.stepId), ['profile', 'funnel', 'sink-sessions'], 'sessionize feeds profile, funnel and its sink')
+  t.same(downstreamOf(topology, byId('enrich')).map((s) => s.stepId), ['sessionize', 'profile', 'funnel', 'funnel-backfill', 'aggregates', 'sink-events'], 'enrich feeds sessionize, profile, funnel, the funnel backfill, aggregates and the sink')
+  t.same(downstreamOf(topology, byId('sessionize')).map((s) => s.stepId), ['profile', 'funnel', 'funnel-backfill', 'sink-sessions'], 'sessionize feeds profile, funnel, the funnel backfill and its sink')
   t.same(downstreamOf(topology, byId('profile')).map((s) => s.stepId), ['sink-profiles'], 'profile feeds its sink')
   t.same(downstreamOf(topology, byId('funnel')).map((s) => s.stepId), ['sink-funnels'], 'funnel feeds its sink')
+  t.same(downstreamOf(topology, byId('funnel-backfill')).map((s) => s.stepId), ['funnel'], 'the funnel backfill feeds the funnel step (seeds)')
   t.same(downstreamOf(topology, byId('aggregates')).map((s) => s.stepId), ['sink-aggregates'], 'aggregates feeds its sink')
   t.same(downstreamOf(topology, byId('sink-events')).map((s) => s.stepId), [], 'nothing reads the dead letters')
   for (const s of topology.steps) {
