@@ -11,6 +11,7 @@ import { healthRoutes } from './routes/health.ts'
 import { trackerRoutes } from './routes/tracker.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { exploreRoutes } from './routes/explore.ts'
+import { funnelRoutes } from './routes/funnels.ts'
 import { openapiPlugin } from './routes/openapi.ts'
 import { Metrics } from '../operators/runtime/metrics.ts'
 
@@ -48,6 +49,7 @@ export async function buildApp(options: AppOptions) {
   await app.register(trackerRoutes)
   await app.register(metricsRoutes, { metrics: options.metrics ?? new Metrics() })
   await app.register(exploreRoutes)
+  await app.register(funnelRoutes)
   return app
 }
 

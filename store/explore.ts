@@ -809,3 +809,9 @@ export async function deleteSegment(db: Database, context: ExploreContext, id: s
     return deleted
   })
 }
+
+// ---------------------------------------------------------------------------------------------
+// For other queries over profiles (store/funnels.ts): the same filter, transactions and user rows
+
+export type { Query, Prepared }
+export { transaction, prepare, traitCatalog, timeoutOf, pageLimit, parseTime, toUserRow, USER_COLUMNS }
