@@ -10,7 +10,7 @@ export const openapiPlugin = fp(async (app) => {
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
-      info: { title: 'segstream', version: '0.1.0', description: 'Collector (Segment-compatible) and exploration API. docs/explore.md describes the exploration routes.' },
+      info: { title: 'segstream', version: '0.1.0', description: 'Collector (Segment-compatible), exploration and funnel API. docs/explore.md and docs/funnels.md (API) describe the exploration and funnel routes.' },
       components: {
         securitySchemes: {
           apiKey: { type: 'http', scheme: 'bearer', description: 'the project\'s API key (sk_...)' },
