@@ -37,6 +37,17 @@ export async function explainSlowest(pool: pg.Pool, run: (db: Database) => Promi
   await run(recordingDatabase(pool, log))
   const slowest = log.filter((s) => /^\s*(SELECT|WITH)/i.test(s.text)).sort((a, b) => b.ms - a.ms)[0]
   if (!slowest) return '(no statement)'
-  const plan = (await pool.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${slowest.text}`, slowest.values)).rows.map((row) => row['QUERY PLAN'])
-  return `${slowest.text.replace(/\s+/g, ' ')}\n  -- ${JSON.stringify(slowest.values)}\n${plan.join('\n')}`
+  // the SET LOCALs it ran after (statement timeout, planner settings) hold for the EXPLAIN too
+  const settings = log.slice(0, log.indexOf(slowest)).filter((s) => /^\s*SET\s/i.test(s.text)).map((s) => s.text)
+  const client = await pool.connect()
+  let plan: string[]
+  try {
+    await client.query('BEGIN READ ONLY')
+    for (const setting of settings) await client.query(setting)
+    plan = (await client.query<{ 'QUERY PLAN': string }>(`EXPLAIN (ANALYZE, BUFFERS) ${slowest.text}`, slowest.values)).rows.map((row) => row['QUERY PLAN'])
+  } finally {
+    await client.query('ROLLBACK').catch(() => {})
+    client.release()
+  }
+  return `${slowest.text.replace(/\s+/g, ' ')}\n  -- ${JSON.stringify(slowest.values)}${settings.length ? `\n  -- after ${settings.join('; ')}` : ''}\n${plan.join('\n')}`
 }

@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { csvField, csvRows, CSV_HEADER } from '../../gateway/explore/csv.ts'
 import {
-  BUILT_IN_DIMENSIONS, compileFilter, decodeCursor, encodeCursor, groupOrder, needsAsOf, Params, resolveDimension, traitKind,
+  BUILT_IN_DIMENSIONS, compileFilter, decodeCursor, encodeCursor, groupOrder, needsAsOf, Params, plannerSettings, resolveDimension, traitKind,
   type Filter, type UserRow,
 } from '../../store/explore.ts'
 
@@ -58,8 +58,13 @@ t.test('trait conditions', async (t) => {
 
 t.test('behavioural conditions count local days back from the as-of day', async (t) => {
   const compiled = compile({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7 }] }, '2019-12-31')
-  t.match(compiled.sql, /p\.canonical_id IN \(SELECT d\.canonical_id FROM profile_event_days d WHERE d\.project = \$1 AND d\.name = \$3::text AND d\.day > \$2::date - \$4::int AND d\.day <= \$2::date GROUP BY d\.canonical_id HAVING sum\(d\.count\) >= \$5::int\)/)
+  t.match(compiled.sql, /p\.canonical_id IN \(SELECT d\.canonical_id FROM profile_event_days d WHERE d\.project = \$1 AND d\.name = \$3::text AND d\.day > \$2::date - \$4::int AND d\.day <= \$2::date GROUP BY d\.canonical_id HAVING sum\(d\.count\) >= \$5::int ORDER BY d\.canonical_id\)/)
   t.same(compiled.values, ['alpha', '2019-12-31', 'click_event1', 7, 2])
+  t.notMatch(compile({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7, not: true }] }, '2019-12-31').sql, /ORDER BY/, 'a negated set is hashed, not merged: no sort')
+  t.same(plannerSettings({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7 }] }), ['SET LOCAL enable_nestloop = off', 'SET LOCAL max_parallel_workers_per_gather = 0'], 'a semi-join with the users who qualify: merged, not probed per user')
+  t.same(plannerSettings({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7, not: true }] }), [], 'negated: no join to steer')
+  t.same(plannerSettings({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7 }], active: { from: '2019-12-01T00:00:00Z', to: '2019-12-02T00:00:00Z' } }), [], 'the events probe stays a nested loop')
+  t.same(plannerSettings({ all: [{ dimension: 'country', equals: 'DE' }] }), [], 'no behavioural condition: the planner\'s own choice')
   t.match(compile({ all: [{ event: 'click_event1', atLeast: 1, inLastDays: 90 }] }).sql, /\(false\)$/, 'no scored profile yet: nobody did it')
   t.ok(needsAsOf({ all: [{ dimension: 'country', equals: 'DE' }, { event: 'x', atLeast: 1, inLastDays: 1 }] }))
   t.notOk(needsAsOf({ all: [{ dimension: 'country', equals: 'DE' }] }))
