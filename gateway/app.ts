@@ -2,6 +2,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyServerOptio
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import cors from '@fastify/cors'
 import rateLimit from '@fastify/rate-limit'
+import websocket from '@fastify/websocket'
 import type { Logger } from '../config/logger.ts'
 import { registerErrorHandler } from './errors.ts'
 import { bodyPlugin } from './plugins/body.ts'
@@ -11,6 +12,7 @@ import { healthRoutes } from './routes/health.ts'
 import { trackerRoutes } from './routes/tracker.ts'
 import { metricsRoutes } from './routes/metrics.ts'
 import { exploreRoutes } from './routes/explore.ts'
+import { liveRoutes } from './routes/live.ts'
 import { funnelRoutes } from './routes/funnels.ts'
 import { openapiPlugin } from './routes/openapi.ts'
 import { Metrics } from '../operators/runtime/metrics.ts'
@@ -41,6 +43,8 @@ export async function buildApp(options: AppOptions) {
   // browser trackers post from any site; write keys are public, nothing rides on cookies
   await app.register(cors, { origin: '*', methods: ['GET', 'POST', 'OPTIONS'], allowedHeaders: ['content-type', 'authorization', 'content-encoding'], maxAge: 86_400 })
   await app.register(rateLimit, { global: false })
+  // the live counts' socket (routes/live.ts); a message is a small JSON watch
+  await app.register(websocket, { options: { maxPayload: 64 * 1024 } })
   await app.register(servicesPlugin, { services: options.services })
   // before every route: it documents the routes registered after it
   await app.register(openapiPlugin)
@@ -49,6 +53,7 @@ export async function buildApp(options: AppOptions) {
   await app.register(trackerRoutes)
   await app.register(metricsRoutes, { metrics: options.metrics ?? new Metrics() })
   await app.register(exploreRoutes)
+  await app.register(liveRoutes)
   await app.register(funnelRoutes)
   return app
 }

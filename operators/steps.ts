@@ -22,6 +22,7 @@ import { runSink } from './runtime/run-sink.ts'
 import { createFunnel, FUNNEL_STEP_ID } from './funnel/logic.ts'
 import { startFunnelBackfill } from './funnel/backfill-worker.ts'
 import { createAggregates } from './aggregate/logic.ts'
+import { createCounts } from './counts/logic.ts'
 import { createProfile } from './profile/logic.ts'
 import { createSessionize } from './sessionize/logic.ts'
 import { aggregateRowOf, eventsSinkItemOf, funnelProgressRowOf, profileRowOf, sessionRowOf } from './sink/rows.ts'
@@ -74,6 +75,7 @@ export const OPERATORS: Record<string, (context: StepContext) => Operator<any, a
     keyGroups: context.keyGroups,
     timezoneOf: (project) => context.projects?.byId(project)?.timezone ?? 'UTC',
   }),
+  'live-counts': () => createCounts(),
 }
 
 /**
@@ -101,6 +103,8 @@ const IDLE_TTL_MS: Record<string, number> = {
   funnel: Number.POSITIVE_INFINITY,
   // a key holds the open windows of one event name: it drops itself once they close, never by idleness
   aggregates: Number.POSITIVE_INFINITY,
+  // a key is one key group's counts: starting over would lose every member counted so far
+  'live-counts': Number.POSITIVE_INFINITY,
 }
 
 const runOperatorStep: StepRunner = async (step, context) => {

@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
-import { AggregateEnvelope, AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, FunnelProgressEnvelope, MergeEnvelope, MergeStateEnvelope, ProfileEnvelope, RawEventEnvelope, SegmentMembershipEnvelope, SessionEnvelope, WatermarkEnvelope } from './envelope.ts'
+import { AggregateEnvelope, AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, FunnelProgressEnvelope, LiveCountsEnvelope, MergeEnvelope, MergeStateEnvelope, ProfileEnvelope, RawEventEnvelope, SegmentMembershipEnvelope, SessionEnvelope, WatermarkEnvelope } from './envelope.ts'
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
@@ -53,8 +53,9 @@ const byType = {
   profile: validator(ProfileEnvelope, 'envelope'),
   segment_membership: validator(SegmentMembershipEnvelope, 'envelope'),
   watermark: validator(WatermarkEnvelope, 'envelope'),
-  aggregate: validator(AggregateEnvelope, 'envelope'),
   funnel_progress: validator(FunnelProgressEnvelope, 'envelope'),
+  aggregate: validator(AggregateEnvelope, 'envelope'),
+  live_counts: validator(LiveCountsEnvelope, 'envelope'),
 } as const
 
 /**

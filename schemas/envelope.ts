@@ -3,9 +3,10 @@ import { EnrichedContext } from './enriched.ts'
 import { SegmentMessage } from './segment.ts'
 import { ProfileChange, SegmentMembershipChange } from './profile.ts'
 import { SessionChange } from './session.ts'
+import { LiveCounts } from './counts.ts'
+import { FunnelProgress } from './funnel.ts'
 import { Source } from './source.ts'
 import { AggregateResult } from './aggregate.ts'
-import { FunnelProgress } from './funnel.ts'
 
 /** Bumped only for incompatible envelope changes; additive fields keep the version. */
 export const ENVELOPE_VERSION = 1
@@ -152,6 +153,10 @@ export type SegmentMembershipEnvelope = Static<typeof SegmentMembershipEnvelope>
 export const AggregateEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('aggregate'), origin: Origin, data: AggregateResult })
 export type AggregateEnvelope = Static<typeof AggregateEnvelope>
 
+/** On `seg.<project>.counts.<kg>`: one key group's absolute, versioned live counts (docs/live.md). Not routed by a user: `key` is the key group. */
+export const LiveCountsEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('live_counts'), data: LiveCounts })
+export type LiveCountsEnvelope = Static<typeof LiveCountsEnvelope>
+
 /**
  * Event time has reached `time` for the project and source in this key group: published by the
  * collector into every key group (gateway/collector/watermarks.ts) and forwarded by every
@@ -163,6 +168,6 @@ export type WatermarkEnvelope = Static<typeof WatermarkEnvelope>
 export const AnyEnvelope = Type.Union([
   RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope,
   ProfileEnvelope, SegmentMembershipEnvelope, WatermarkEnvelope, AggregateEnvelope,
-  FunnelProgressEnvelope,
+  FunnelProgressEnvelope, LiveCountsEnvelope,
 ])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

@@ -16,7 +16,7 @@ t.test('apply creates everything, then changes nothing', async (t) => {
   t.teardown(async () => { await nc.close(); await nats.close() })
   const first = await applyTopology(nc, segstreamTopology(small), { keyGroups: 16 })
   t.ok(first.every((c) => c.action === 'created'), 'first apply creates every resource')
-  t.same(first.filter((c) => c.kind === 'stream').map((c) => c.name), ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_BACKFILL', 'SEG_AGGREGATES', 'SEG_LATE', 'SEG_DLQ'])
+  t.same(first.filter((c) => c.kind === 'stream').map((c) => c.name), ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_BACKFILL', 'SEG_AGGREGATES', 'SEG_COUNTS', 'SEG_LATE', 'SEG_DLQ'])
   const second = await applyTopology(nc, segstreamTopology(small), { keyGroups: 16 })
   t.same(second.filter((c) => c.action !== 'unchanged'), [], 'second apply changes nothing')
   t.equal(second.length, first.length)
@@ -26,6 +26,9 @@ t.test('apply creates everything, then changes nothing', async (t) => {
   t.equal(raw.config.discard, 'new', 'a full stream refuses writes instead of dropping old data')
   t.equal(raw.config.duplicate_window, 2 * 60 * 1e9)
   t.same(raw.config.subjects, ['seg.*.raw.*'])
+  const counts = await jsm.streams.info('SEG_COUNTS')
+  t.equal(counts.config.max_msgs_per_subject, 1, 'live counts: the latest message per subject is all that is kept')
+  t.equal(counts.config.max_age, 0, 'however old')
 
   // a safe change (longer retention) is applied as an update
   const longer = await applyTopology(nc, segstreamTopology({ ...small, streamMaxAgeMs: 14 * 86_400_000 }), { keyGroups: 16 })

@@ -54,6 +54,7 @@ function streamConfig(spec: StreamSpec): Partial<StreamConfig> & { name: string 
     max_age: nanos(spec.maxAgeMs),
     max_bytes: spec.maxBytes,
     discard: spec.discard as DiscardPolicy,
+    ...(spec.maxMessagesPerSubject === undefined ? {} : { max_msgs_per_subject: spec.maxMessagesPerSubject }),
   }
 }
 
@@ -68,6 +69,11 @@ function compareStream(spec: StreamSpec, existing: StreamConfig): string[] {
   if (limit(want.max_age!) < limit(existing.max_age)) throw new IncompatibleChangeError(resource, 'max_age', `would shrink from ${existing.max_age / 1e6} ms to ${want.max_age! / 1e6} ms, deleting older messages`)
   if (limit(want.max_bytes!) < limit(existing.max_bytes)) throw new IncompatibleChangeError(resource, 'max_bytes', `would shrink from ${existing.max_bytes} to ${want.max_bytes}, deleting messages`)
   const changes: string[] = []
+  // absent and 0 both mean no limit on the server (-1 and 0)
+  const perSubject = (value: number | undefined) => (value === undefined || value <= 0 ? -1 : value)
+  if (perSubject(want.max_msgs_per_subject) !== perSubject(existing.max_msgs_per_subject)) {
+    changes.push(`max_msgs_per_subject: ${perSubject(existing.max_msgs_per_subject)} -> ${perSubject(want.max_msgs_per_subject)}`)
+  }
   for (const field of ['description', 'num_replicas', 'duplicate_window', 'max_age', 'max_bytes', 'discard'] as const) {
     if ((existing[field] ?? '') !== (want[field] ?? '')) changes.push(`${field}: ${existing[field]} -> ${want[field]}`)
   }

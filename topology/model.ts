@@ -19,6 +19,12 @@ export interface StreamSpec {
   /** Size cap in bytes (-1 = none). With `discard: 'new'` a full stream refuses writes. */
   readonly maxBytes: number
   readonly discard: 'new' | 'old'
+  /**
+   * Messages kept per subject (absent: no limit). 1 makes a latest-value stream: each subject
+   * holds only its newest message (SEG_COUNTS). The runtime forwards no watermarks into such a
+   * stream, as one would replace the value.
+   */
+  readonly maxMessagesPerSubject?: number
 }
 
 export interface KvSpec {

@@ -136,7 +136,10 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   const latenessOf = options.latenessOf ?? (() => 5 * 60_000)
   const counters: KernelCounters = newCounters()
   // watermarks go on down the topology, into the same key group of each stage this step writes
-  const forwardWatermarksTo = options.step.outputs.map((filter) => filter.split('.')[2] as Stage).filter((stage) => stage !== 'dlq' && stage !== 'late')
+  // (not into a latest-value stream, one message per subject: a watermark would replace the value)
+  const latestValue = (filter: string) => options.topology.streams.some((stream) => stream.maxMessagesPerSubject !== undefined && stream.subjects.includes(filter))
+  const forwardWatermarksTo = options.step.outputs
+    .filter((filter) => !latestValue(filter)).map((filter) => filter.split('.')[2] as Stage).filter((stage) => stage !== 'dlq' && stage !== 'late')
   const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now, keyGroups: options.keyGroups, forwardWatermarksTo }
   const groups = new Map<number, Owned<State>>()
   /** Key groups processed since their last commit. */

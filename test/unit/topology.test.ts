@@ -34,21 +34,22 @@ t.test('the shipped topology is valid', async (t) => {
   t.equal(validateTopology(topology), topology, 'validateTopology returns it unchanged')
   t.same(
     topology.steps.map((s) => s.stepId),
-    ['collector', 'enrich', 'sessionize', 'profile', 'funnel', 'funnel-backfill', 'aggregates', 'sink-events', 'sink-sessions', 'sink-profiles', 'sink-funnels', 'sink-aggregates'],
+    ['collector', 'enrich', 'sessionize', 'profile', 'funnel', 'funnel-backfill', 'aggregates', 'live-counts', 'sink-events', 'sink-sessions', 'sink-profiles', 'sink-funnels', 'sink-aggregates'],
   )
   t.same(
     topology.streams.map((s) => s.name),
-    ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_BACKFILL', 'SEG_AGGREGATES', 'SEG_LATE', 'SEG_DLQ'],
+    ['SEG_RAW', 'SEG_IMPORT', 'SEG_ENRICHED', 'SEG_SESSIONS', 'SEG_PROFILES', 'SEG_FUNNELS', 'SEG_BACKFILL', 'SEG_AGGREGATES', 'SEG_COUNTS', 'SEG_LATE', 'SEG_DLQ'],
   )
   t.same(
     topology.streams.map((s) => s.subjects),
-    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.sessions.*'], ['seg.*.profiles.*'], ['seg.*.funnels.*'], ['seg.*.backfill.*'], ['seg.*.aggregates.*'], ['seg.*.late.*'], ['seg.*.dlq.*']],
+    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.sessions.*'], ['seg.*.profiles.*'], ['seg.*.funnels.*'], ['seg.*.backfill.*'], ['seg.*.aggregates.*'], ['seg.*.counts.*'], ['seg.*.late.*'], ['seg.*.dlq.*']],
   )
   const byId = (id: string) => topology.steps.find((s) => s.stepId === id)!
   t.same(downstreamOf(topology, byId('collector')).map((s) => s.stepId), ['enrich'], 'the collector feeds enrich')
   t.same(downstreamOf(topology, byId('enrich')).map((s) => s.stepId), ['sessionize', 'profile', 'funnel', 'funnel-backfill', 'aggregates', 'sink-events'], 'enrich feeds sessionize, profile, funnel, the funnel backfill, aggregates and the sink')
   t.same(downstreamOf(topology, byId('sessionize')).map((s) => s.stepId), ['profile', 'funnel', 'funnel-backfill', 'sink-sessions'], 'sessionize feeds profile, funnel, the funnel backfill and its sink')
-  t.same(downstreamOf(topology, byId('profile')).map((s) => s.stepId), ['sink-profiles'], 'profile feeds its sink')
+  t.same(downstreamOf(topology, byId('profile')).map((s) => s.stepId), ['live-counts', 'sink-profiles'], 'profile feeds live counts and its sink')
+  t.same(downstreamOf(topology, byId('live-counts')).map((s) => s.stepId), [], 'live counts are read by the gateway, not by a step')
   t.same(downstreamOf(topology, byId('funnel')).map((s) => s.stepId), ['sink-funnels'], 'funnel feeds its sink')
   t.same(downstreamOf(topology, byId('funnel-backfill')).map((s) => s.stepId), ['funnel'], 'the funnel backfill feeds the funnel step (seeds)')
   t.same(downstreamOf(topology, byId('aggregates')).map((s) => s.stepId), ['sink-aggregates'], 'aggregates feeds its sink')
@@ -61,7 +62,7 @@ t.test('the shipped topology is valid', async (t) => {
   t.same(topologyProblems(tuned), [], 'a tuned topology is valid too')
   for (const s of tuned.streams) {
     t.equal(s.replicas, 3, `${s.name} replicas`)
-    if (s.name !== 'SEG_DLQ' && s.name !== 'SEG_LATE') {
+    if (s.name !== 'SEG_DLQ' && s.name !== 'SEG_LATE' && s.name !== 'SEG_COUNTS') {
       t.equal(s.maxAgeMs, 1000, `${s.name} maxAgeMs follows the option`)
       t.equal(s.maxBytes, 2048, `${s.name} maxBytes follows the option`)
     }
@@ -72,7 +73,11 @@ t.test('the shipped topology is valid', async (t) => {
   t.ok(dlq.maxBytes > 0 && dlq.maxBytes <= 2048, 'the DLQ cap never exceeds the event stream cap')
   for (const kv of tuned.kv) t.equal(kv.replicas, 3, `${kv.bucket} replicas`)
   const defaults = segstreamTopology()
-  const eventStreams = defaults.streams.filter((s) => s.name !== 'SEG_DLQ' && s.name !== 'SEG_LATE')
+  const eventStreams = defaults.streams.filter((s) => s.name !== 'SEG_DLQ' && s.name !== 'SEG_LATE' && s.name !== 'SEG_COUNTS')
+  const counts = tuned.streams.find((s) => s.name === 'SEG_COUNTS')!
+  t.equal(counts.maxMessagesPerSubject, 1, 'live counts keep the latest message per subject')
+  t.equal(counts.maxAgeMs, 0, 'however old: a quiet key group\'s counts stay')
+  t.ok(counts.maxBytes > 0 && counts.maxBytes <= 2048, 'its cap never exceeds the event stream cap')
   t.ok(eventStreams.every((s) => s.maxAgeMs === 7 * 24 * 60 * 60_000), 'default retention is 7 days')
   const cap = eventStreams[0]!.maxBytes
   t.ok(Number.isInteger(cap) && cap > 0, `default cap is a positive byte count (${cap})`)

@@ -1,0 +1,123 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import Type from 'typebox'
+import type { FastifyRequest } from 'fastify'
+import type { WebSocket } from '@fastify/websocket'
+import type { Project } from '../../projects/model.ts'
+import { sleep } from '../../operators/runtime/retry.ts'
+import { UnauthorizedError } from '../errors.ts'
+import { ErrorBody } from '../explore/schemas.ts'
+import { LiveCountsFeed } from '../live/feed.ts'
+import { countsMessage, MAX_PUSHES_PER_SECOND, numbersOf, parseWatch, type ServerMessage, type Watch } from '../live/protocol.ts'
+import { savedSegments } from '../live/segments.ts'
+import { keyFromHeader } from './collector.ts'
+
+/** How long a first request waits for the initial load of the counts stream. */
+const LOAD_WAIT_MS = 5_000
+
+const LiveCountsAnswer = Type.Object({
+  asOf: Type.Union([Type.String(), Type.Null()], { description: 'event time of the newest change counted, ISO 8601; null before any' }),
+  keyGroups: Type.Object({ reporting: Type.Integer(), total: Type.Integer() }, { description: 'key groups that have published counts for the project, of all there are' }),
+  engagement: Type.Object({ Low: Type.Integer(), Medium: Type.Integer(), 'Medium-High': Type.Integer(), High: Type.Integer() }),
+  segments: Type.Array(Type.Object({
+    id: Type.String(), name: Type.String(),
+    live: Type.Boolean({ description: 'false: the filter has behavioural conditions or an active range, which are not counted live' }),
+    size: Type.Union([Type.Integer(), Type.Null()], { description: 'users in the segment now; null when not live' }),
+  })),
+})
+
+const LiveQuery = Type.Object({ key: Type.Optional(Type.String({ description: 'the API key, for browsers (a WebSocket cannot send headers)' })) })
+
+/**
+ * Live counts (docs/live.md): `GET /v1/live/counts` answers the project's summed counts; the
+ * WebSocket `/v1/live` pushes the numbers a client watches as they change. The API key decides
+ * the project, as for the exploration API.
+ */
+export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const feed = new LiveCountsFeed(app.services.nc, app.log as never)
+  feed.start()
+  app.addHook('onClose', async () => feed.stop())
+  const loaded = () => Promise.race([feed.loaded, sleep(LOAD_WAIT_MS)])
+
+  const authenticate = (request: FastifyRequest): Project => {
+    const query = request.query as { key?: string } | undefined
+    const apiKey = keyFromHeader(request) ?? query?.key
+    if (!apiKey) throw new UnauthorizedError('missing API key: send it as a Bearer token, the HTTP Basic user name or (WebSocket) ?key=')
+    const project = app.services.projects.byApiKey(apiKey)
+    if (!project) throw new UnauthorizedError('unknown API key')
+    return project
+  }
+
+  app.get('/v1/live/counts', {
+    schema: {
+      summary: 'Users per engagement level and per saved segment now, summed over key groups', tags: ['live'],
+      security: [{ apiKey: [] }, { basic: [] }], response: { 200: LiveCountsAnswer, 401: ErrorBody, 503: ErrorBody },
+    },
+  }, async (request) => {
+    const project = authenticate(request)
+    await loaded()
+    const sums = feed.book.sums(project.id)
+    const segments = await savedSegments(app.services.store.pool, project.id)
+    return {
+      asOf: sums.asOf === null ? null : new Date(sums.asOf).toISOString(),
+      keyGroups: { reporting: sums.keyGroups, total: app.services.keyGroups },
+      engagement: sums.engagement,
+      segments: segments.map((segment) => ({ ...segment, size: segment.live ? (Object.hasOwn(sums.segments, segment.id) ? sums.segments[segment.id]! : 0) : null })),
+    }
+  })
+
+  app.get('/v1/live', {
+    websocket: true,
+    schema: { summary: 'WebSocket: live counts pushed as they change (docs/live.md)', tags: ['live'], querystring: LiveQuery, security: [{ apiKey: [] }] },
+    // refused before the upgrade: a wrong key is an HTTP 401, not a socket that closes
+    preValidation: async (request) => { authenticate(request) },
+  }, (socket: WebSocket, request) => {
+    const project = authenticate(request)
+    const log = request.log.child({ project: project.id })
+    let watch: Watch | undefined
+    let notLive = new Set<string>()
+    let lastNumbers: string | undefined
+    let lastPushAt = 0
+    let timer: NodeJS.Timeout | undefined
+    const send = (message: ServerMessage) => {
+      if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(message))
+    }
+    const push = (force: boolean) => {
+      if (!watch) return
+      const message = countsMessage(feed.book.sums(project.id), watch, notLive, app.services.keyGroups)
+      const numbers = numbersOf(message)
+      if (!force && numbers === lastNumbers) return
+      lastNumbers = numbers
+      lastPushAt = Date.now()
+      send(message)
+    }
+    const changed = () => {
+      if (timer) return // a push is already due: it will carry this change too
+      const wait = lastPushAt + 1000 / MAX_PUSHES_PER_SECOND - Date.now()
+      if (wait <= 0) return push(false)
+      timer = setTimeout(() => { timer = undefined; push(false) }, wait)
+    }
+    const unlisten = feed.listen(project.id, changed)
+    let pending = Promise.resolve()
+    socket.on('message', (data: Buffer, isBinary: boolean) => {
+      // one at a time, in order: a watch looks its segments up in the database
+      pending = pending.then(async () => {
+        const parsed = isBinary ? { error: 'send text frames of JSON' } : parseWatch(data.toString('utf8'))
+        if ('error' in parsed) return send({ type: 'error', message: parsed.error })
+        const known = parsed.segments.length === 0 ? [] : await savedSegments(app.services.store.pool, project.id, parsed.segments)
+        const unknown = parsed.segments.filter((id) => !known.some((segment) => segment.id === id))
+        if (unknown.length > 0) return send({ type: 'error', message: `watch.segments: no segment "${unknown[0]}" in this project` })
+        await loaded()
+        watch = parsed
+        notLive = new Set(known.filter((segment) => !segment.live).map((segment) => segment.id))
+        push(true)
+      }).catch((error) => {
+        log.warn({ err: error }, 'live: a watch failed')
+        send({ type: 'error', message: `watch failed: ${(error as Error).message}` })
+      })
+    })
+    socket.on('close', () => {
+      unlisten()
+      clearTimeout(timer)
+    })
+  })
+}

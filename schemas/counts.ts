@@ -1,0 +1,27 @@
+import Type, { type Static } from 'typebox'
+
+/** Users per engagement level and per saved segment, absolute. Zero counts are left out. */
+export const Counts = Type.Object({
+  /** Users per engagement level (`Low`, `Medium`, `Medium-High`, `High`). */
+  engagement: Type.Record(Type.String(), Type.Integer()),
+  /** Users per saved segment id (`seg_...`). */
+  segments: Type.Record(Type.String(), Type.Integer()),
+})
+export type Counts = Static<typeof Counts>
+
+/**
+ * On `seg.<project>.counts.<kg>` (stream SEG_COUNTS, one message kept per subject): one key
+ * group's counts as they stand after `version` membership changes, published by the
+ * `live-counts` step (docs/live.md). Absolute, never deltas: a replay republishes the same
+ * numbers under the same version, so a reader that keeps the highest version per key group and
+ * sums over key groups never counts a change twice.
+ */
+export const LiveCounts = Type.Object({
+  keyGroup: Type.Integer({ minimum: 0 }),
+  /** Membership changes applied in this key group so far (0: none). */
+  version: Type.Integer({ minimum: 0 }),
+  /** Event time (ms) of the newest change applied. */
+  asOf: Type.Number(),
+  counts: Counts,
+})
+export type LiveCounts = Static<typeof LiveCounts>
