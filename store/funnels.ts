@@ -19,6 +19,7 @@
  * `merged_into`, joined to the user's live profile (`profiles.merged_into IS NULL`) and, when the
  * funnel has a `segment`, to the users it selects, compiled by the exploration filter code.
  */
+import { isDeepStrictEqual } from 'node:util'
 import type { FunnelDefinition, FunnelSegment, FunnelStatus, ProfileCondition } from '../schemas/funnel.ts'
 import {
   decodeCursor, encodeCursor, ExploreInputError, pageLimit, parseTime, prepare, timeoutOf, toUserRow, traitCatalog, transaction, USER_COLUMNS,
@@ -227,19 +228,42 @@ export async function createFunnel(db: Database, context: ExploreContext, defini
   })
 }
 
-/** A new version of an existing funnel (the progress of the previous one no longer counts), with a pending backfill. */
-export async function replaceFunnel(db: Database, context: ExploreContext, definition: FunnelDefinition, publish: (funnel: StoredFunnel) => Promise<void>): Promise<StoredFunnel> {
+/**
+ * What the funnel step computes from: the definition without `name` and `segment`, which only
+ * name it and choose, where it is counted, whose progress counts.
+ */
+export function trackedPart(definition: FunnelDefinition): Omit<FunnelDefinition, 'name' | 'segment'> {
+  const { name: _name, segment: _segment, ...tracked } = definition
+  return tracked
+}
+
+/**
+ * Changes a funnel. When what the funnel step computes changes (steps, mode, window, exclusions,
+ * breakdown), it is a new version: `publish` runs inside the transaction, progress under the
+ * previous version no longer counts, and the backfill is pending again. A change of the name or
+ * the segment alone is made in place: same version, nothing published, progress kept (the segment
+ * is applied where progress is counted).
+ */
+export async function replaceFunnel(db: Database, context: ExploreContext, definition: FunnelDefinition, publish: (funnel: StoredFunnel) => Promise<void>): Promise<StoredFunnel & { newVersion: boolean }> {
   await read(db, context, (query) => checkSegment(query, context, definition))
   return write(db, context, async (query) => {
+    const current = (await query<{ definition: FunnelDefinition }>(
+      'SELECT definition FROM funnels WHERE project = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE', [context.project, definition.id])).rows[0]
+    if (!current) throw new FunnelNotFoundError(definition.id)
+    if (isDeepStrictEqual(trackedPart(current.definition), trackedPart(definition))) {
+      const row = (await query<Record<string, unknown>>(
+        `UPDATE funnels SET name = $3, definition = $4::jsonb, updated_at = now() WHERE project = $1 AND id = $2 RETURNING *`,
+        [context.project, definition.id, definition.name, JSON.stringify(definition)])).rows[0]!
+      return { ...toFunnel(row), newVersion: false }
+    }
     const row = (await query<Record<string, unknown>>(
       `UPDATE funnels SET name = $3, definition = $4::jsonb, version = version + 1, backfill = $5::jsonb, updated_at = now()
-        WHERE project = $1 AND id = $2 AND deleted_at IS NULL
+        WHERE project = $1 AND id = $2
        RETURNING *`,
-      [context.project, definition.id, definition.name, JSON.stringify(definition), JSON.stringify(PENDING_BACKFILL)])).rows[0]
-    if (!row) throw new FunnelNotFoundError(definition.id)
+      [context.project, definition.id, definition.name, JSON.stringify(definition), JSON.stringify(PENDING_BACKFILL)])).rows[0]!
     const changed = toFunnel(row)
     await publish(changed)
-    return changed
+    return { ...changed, newVersion: true }
   })
 }
 

@@ -120,9 +120,16 @@ for (const target of DATABASE_TARGETS) {
       await pool.query(`UPDATE funnels SET backfill = '{"state":"running","done":5,"total":20}' WHERE project = 'alpha' AND id = 'signup'`)
       t.same((await ok({ url: '/v1/funnels/signup' })).backfill, { state: 'running', done: 5, total: 20 })
 
-      const changed = await ok({ method: 'PUT', url: '/v1/funnels/signup', payload: { ...SIGNUP_DEFINITION, id: undefined, name: 'Signup (May cohort)' } })
-      t.match(changed, { id: 'signup', name: 'Signup (May cohort)', version: 2, backfill: { state: 'pending', done: 0, total: 0 } }, 'a change is a new version with a pending backfill')
+      const changed = await ok({ method: 'PUT', url: '/v1/funnels/signup', payload: { ...SIGNUP_DEFINITION, id: undefined, name: 'Signup (May cohort)', windowMs: 7 * 86_400_000 } })
+      t.match(changed, { id: 'signup', name: 'Signup (May cohort)', version: 2, newVersion: true, backfill: { state: 'pending', done: 0, total: 0 } }, 'a change of what is tracked is a new version with a pending backfill')
       t.equal(changed.definition.id, 'signup', 'the path gives the id')
+      t.equal(changed.definition.windowMs, 7 * 86_400_000)
+
+      // the segment alone: in place, same version, nothing published, the backfill left as it is
+      await pool.query(`UPDATE funnels SET backfill = '{"state":"done","done":20,"total":20}' WHERE project = 'alpha' AND id = 'signup'`)
+      const MAY = { profile: [{ field: 'acquisition_month', operator: 'in', value: ['2019-05'] }] }
+      const restricted = await ok({ method: 'PUT', url: '/v1/funnels/signup', payload: { ...changed.definition, segment: MAY } })
+      t.match(restricted, { version: 2, newVersion: false, backfill: { state: 'done', done: 20, total: 20 }, definition: { segment: MAY, windowMs: 7 * 86_400_000 } }, 'a new segment changes no version')
 
       const temporary = await ok({ method: 'POST', url: '/v1/funnels', payload: { id: 'temp', name: 'Temp', steps: [{ event: 'a' }, { event: 'b' }] } }, 201)
       t.equal(temporary.version, 1)
@@ -156,7 +163,8 @@ for (const target of DATABASE_TARGETS) {
         t.same(new Set(first.map((c) => c.subject)).size, system.keyGroups, 'one per key group')
         t.same(first[0]!.data.definition, SIGNUP_DEFINITION, 'carrying the definition')
         t.equal(of(stream, 'signup', 2).length, system.keyGroups, 'the change, as version 2')
-        t.match(of(stream, 'signup', 2)[0]!.data.definition, { id: 'signup', name: 'Signup (May cohort)' })
+        t.match(of(stream, 'signup', 2)[0]!.data.definition, { id: 'signup', name: 'Signup (May cohort)', windowMs: 7 * 86_400_000 })
+        t.equal(of(stream, 'signup', 3).length, 0, 'the segment change published nothing')
         t.same(of(stream, 'temp', 2).map((c) => c.data.definition), new Array(system.keyGroups).fill(null), 'the deletion: definition null')
         t.equal(of(stream, 'temp', 3).length, system.keyGroups)
         t.same(of(stream, 'temp', 4).map((c) => c.data.definition), new Array(system.keyGroups).fill(null))

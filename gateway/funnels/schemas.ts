@@ -30,6 +30,10 @@ export const FunnelAnswer = Type.Object({
   backfill: Type.Union([Backfill, Type.Null()]),
 })
 export const FunnelsAnswer = Type.Object({ funnels: Type.Array(FunnelAnswer) })
+export const FunnelChangedAnswer = Type.Object({
+  ...FunnelAnswer.properties,
+  newVersion: Type.Boolean({ description: 'true: what the funnel step computes changed, so a new version was published and progress starts afresh (backfill pending); false: only the name or the segment changed, in place' }),
+})
 export const FunnelDeletedAnswer = Type.Object({ deleted: Type.Boolean(), id: Type.String(), version: Type.Integer({ description: 'the version the deletion was published as' }) })
 
 const range = {

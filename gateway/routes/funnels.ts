@@ -13,7 +13,7 @@ import type { Stage } from '../../topology/subjects.ts'
 import { BadRequestError, UnauthorizedError } from '../errors.ts'
 import { audienceCsvHeader, audienceCsvRows } from '../funnels/csv.ts'
 import {
-  AudienceAnswer, AudienceQuery, ErrorBody, FunnelAnswer, FunnelDefinition, FunnelDeletedAnswer, FunnelParams, FunnelsAnswer, ResultAnswer, ResultQuery, TrendsAnswer, TrendsQuery,
+  AudienceAnswer, AudienceQuery, ErrorBody, FunnelAnswer, FunnelChangedAnswer, FunnelDefinition, FunnelDeletedAnswer, FunnelParams, FunnelsAnswer, ResultAnswer, ResultQuery, TrendsAnswer, TrendsQuery,
 } from '../funnels/schemas.ts'
 import { FUNNEL_STEP_ID, funnelStages } from '../funnels/stages.ts'
 import { keyFromHeader } from './collector.ts'
@@ -102,8 +102,8 @@ export const funnelRoutes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.put('/v1/funnels/:id', {
     schema: {
-      summary: 'Change a funnel: a new version (progress starts afresh), published to the funnel step, backfill pending', tags: ['funnels'], security,
-      params: FunnelParams, body: FunnelDefinition, response: { 200: FunnelAnswer, ...notFound, ...errors },
+      summary: 'Change a funnel: a new version published to the funnel step (progress starts afresh, backfill pending), or in place when only the name or segment changes',
+      tags: ['funnels'], security, params: FunnelParams, body: FunnelDefinition, response: { 200: FunnelChangedAnswer, ...notFound, ...errors },
     },
     ...definitionChecked,
   }, async (request) => {

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { compileFilter, Params } from '../../store/explore.ts'
-import { stepsOf, segmentToFilter, type TimeToConvert } from '../../store/funnels.ts'
+import { stepsOf, segmentToFilter, trackedPart, type TimeToConvert } from '../../store/funnels.ts'
 import type { FunnelDefinition, ProfileCondition } from '../../schemas/funnel.ts'
 import { funnelStages } from '../../gateway/funnels/stages.ts'
 import { segstreamTopology } from '../../topology/definition.ts'
@@ -59,4 +59,11 @@ t.test('definitions go to the stages the funnel step reads events from', async (
   t.same(funnelStages(), ['enriched', 'sessions'])
   const topology = segstreamTopology()
   t.throws(() => funnelStages({ ...topology, steps: topology.steps.filter((step) => step.stepId !== 'funnel') }), { message: /no step "funnel"/ })
+})
+
+t.test('trackedPart: what the funnel step computes from, without the name and the segment', async (t) => {
+  const segment = { profile: [{ field: 'country', value: 'DE' }] }
+  t.same(trackedPart({ ...definition, name: 'Other', segment }), trackedPart(definition))
+  t.notSame(trackedPart({ ...definition, windowMs: 60_000 }), trackedPart(definition))
+  t.notSame(trackedPart({ ...definition, breakdown: { property: '$channel' } }), trackedPart(definition))
 })
