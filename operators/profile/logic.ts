@@ -7,7 +7,7 @@ import { DEFAULT_HORIZON_MS, DEFAULT_MAX_SESSIONS } from '../sessionize/logic.ts
 import { acquisitionMonthOf, dayLabelOf, localDayOf, startOfLocalDay } from './calendar.ts'
 import { DEFAULT_THRESHOLDS, engagementOnDay, nextLevelChangeDay, WINDOW_DAYS, type Activity, type Engagement } from './engagement.ts'
 import { PROFILES_STAGE, type ProfileEnvelope, type SegmentMembershipEnvelope } from './envelopes.ts'
-import { applySegmentControl, definitionsOf, segmentChanges, segmentsOf, type ProfileValues } from './segments.ts'
+import { applySegmentControl, definitionsOf, matches, segmentChanges, segmentsOf, SEGMENT_CONTROL_PREFIX, type ProfileValues } from './segments.ts'
 
 const MINUTE = 60_000
 
@@ -626,9 +626,16 @@ export function createProfile(options: ProfileOptions): Operator<ProfileState, P
     onDefinitionChange(state, context: DefinitionChangeContext) {
       // a segment created (or deleted): every user of the project enters (or leaves) it here,
       // at the control message's place in the input, so the live size starts from everybody
-      if (state.events === 0) return withWakeAt(state, [])
+      if (state.events === 0 || !context.change.name.startsWith(SEGMENT_CONTROL_PREFIX)) return withWakeAt(state, [])
+      // only the changed segment: the others were evaluated at the user's last change, under
+      // definitions that have not changed since (every earlier definition change came through here)
+      const id = context.change.name.slice(SEGMENT_CONTROL_PREFIX.length)
+      const definition = definitionsOf(context.control).segments[id]
+      const was = state.segments ?? []
+      const target = was.filter((other) => other !== id)
+      if (definition && matches(definition, profileValuesOf(state))) target.push(id)
+      target.sort()
       const out: Emission[] = []
-      const target = segmentsOf(definitionsOf(context.control), profileValuesOf(state))
       const next = publishSegmentChanges(out, ownerOf(state.canonicalId, state.project), state, target, state.engagement?.asOf ?? state.last!.time)
       return withWakeAt(next, out)
     },

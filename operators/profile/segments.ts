@@ -47,8 +47,10 @@ const LEVELS = ['Low', 'Medium', 'Medium-High', 'High'] as const
 
 const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value)
 
+const NO_SEGMENTS: ProfileDefinitions = { segments: {} }
+
 export function definitionsOf(control: unknown): ProfileDefinitions {
-  return isRecord(control) && isRecord(control.segments) ? (control as unknown as ProfileDefinitions) : { segments: {} }
+  return isRecord(control) && isRecord(control.segments) ? (control as unknown as ProfileDefinitions) : NO_SEGMENTS
 }
 
 /** A stored filter as this operator reads it: its dimension conditions, and whether that is all of it. */
@@ -122,32 +124,66 @@ function inRange(value: unknown, range: { from?: Scalar; to?: Scalar }, dimensio
   return true
 }
 
-/** Whether one condition holds (before `not`). */
-function holds(condition: LiveCondition, values: ProfileValues): boolean {
-  const trait = condition.dimension.startsWith('trait.')
-  const value = values(condition.dimension)
-  if (condition.equals !== undefined) return equalsValue(value, condition.equals, trait)
-  if (condition.in !== undefined) return condition.in.some((wanted) => equalsValue(value, wanted, trait))
-  if (condition.range !== undefined) return inRange(value, condition.range, condition.dimension, trait)
-  return false
+type Test = (values: ProfileValues) => boolean
+
+/** One condition as a test of a user's values, `not` applied. */
+function compileCondition(condition: LiveCondition): Test {
+  const { dimension } = condition
+  const trait = dimension.startsWith('trait.')
+  let holds: (value: unknown) => boolean
+  if (condition.equals !== undefined) {
+    const wanted = condition.equals
+    holds = (value) => equalsValue(value, wanted, trait)
+  } else if (condition.in !== undefined) {
+    const list = condition.in
+    holds = (value) => list.some((wanted) => equalsValue(value, wanted, trait))
+  } else if (condition.range !== undefined) {
+    const range = condition.range
+    holds = (value) => inRange(value, range, dimension, trait)
+  } else {
+    holds = () => false
+  }
+  return condition.not === true ? (values) => !holds(values(dimension)) : (values) => holds(values(dimension))
+}
+
+function compileSegment(segment: SegmentDefinition): Test {
+  if (!segment.live) return () => false
+  const tests = segment.conditions.map(compileCondition)
+  return (values) => tests.every((test) => test(values))
 }
 
 export function matches(segment: SegmentDefinition, values: ProfileValues): boolean {
-  if (!segment.live) return false
-  return segment.conditions.every((condition) => holds(condition, values) !== (condition.not === true))
+  return compileSegment(segment)(values)
+}
+
+/**
+ * The live segments of a definitions object, sorted by id and compiled: built once per object.
+ * The runtime hands every input of a project the same object until the next control message
+ * (and a new one after a reload), so each event pays for the tests only.
+ */
+const compiled = new WeakMap<ProfileDefinitions, Array<{ id: string; test: Test }>>()
+
+function compiledOf(definitions: ProfileDefinitions) {
+  let list = compiled.get(definitions)
+  if (!list) {
+    list = Object.keys(definitions.segments).sort()
+      .filter((id) => definitions.segments[id]!.live)
+      .map((id) => ({ id, test: compileSegment(definitions.segments[id]!) }))
+    compiled.set(definitions, list)
+  }
+  return list
 }
 
 /** The ids of the live segments a user is in, sorted. */
 export function segmentsOf(definitions: ProfileDefinitions, values: ProfileValues): string[] {
   const ids: string[] = []
-  for (const id of Object.keys(definitions.segments).sort()) {
-    if (matches(definitions.segments[id]!, values)) ids.push(id)
-  }
+  for (const { id, test } of compiledOf(definitions)) if (test(values)) ids.push(id)
   return ids
 }
 
 /** Which segments a user left and entered, each sorted. */
 export function segmentChanges(before: readonly string[], after: readonly string[]): { left: string[]; entered: string[] } {
+  if (before.length === after.length && before.every((id, index) => after[index] === id)) return { left: [], entered: [] }
   const was = new Set(before)
   const is = new Set(after)
   return { left: before.filter((id) => !is.has(id)), entered: after.filter((id) => !was.has(id)) }
