@@ -41,7 +41,7 @@ export async function buildApp(options: AppOptions) {
   registerErrorHandler(app)
   await app.register(bodyPlugin)
   // browser trackers post from any site; write keys are public, nothing rides on cookies
-  await app.register(cors, { origin: '*', methods: ['GET', 'POST', 'OPTIONS'], allowedHeaders: ['content-type', 'authorization', 'content-encoding'], maxAge: 86_400 })
+  await app.register(cors, { origin: '*', methods: ['GET', 'POST', 'PUT', 'DELETE', 'OPTIONS'], allowedHeaders: ['content-type', 'authorization', 'content-encoding'], maxAge: 86_400 })
   await app.register(rateLimit, { global: false })
   // the live counts' socket (routes/live.ts); a message is a small JSON watch
   await app.register(websocket, { options: { maxPayload: 64 * 1024 } })

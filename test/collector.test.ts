@@ -100,6 +100,12 @@ t.test('collector', async (t) => {
     t.equal(preflight.statusCode, 204)
     t.equal(preflight.headers['access-control-allow-origin'], '*')
     t.match(String(preflight.headers['access-control-allow-methods']), /POST/)
+    // a dashboard on another origin changes and deletes funnels and segments with its API key
+    const change = await inject({ method: 'OPTIONS', url: '/v1/funnels/f', headers: { origin: 'https://dash.example', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'authorization, content-type' } })
+    t.equal(change.statusCode, 204)
+    t.match(String(change.headers['access-control-allow-methods']), /PUT/)
+    t.match(String(change.headers['access-control-allow-methods']), /DELETE/)
+    t.match(String(change.headers['access-control-allow-headers']), /authorization/)
   })
 
   t.test('import: API key, its own subject, NDJSON file with progress and resume', async (t) => {
