@@ -27,7 +27,8 @@ interface Client {
 async function connect(system: System, apiKey: string): Promise<Client> {
   const socket = await system.app.injectWS(`/v1/live?key=${encodeURIComponent(apiKey)}`)
   const messages: Array<Record<string, unknown>> = []
-  socket.on('message', (data: Buffer) => messages.push(JSON.parse(data.toString('utf8'))))
+  // receivedAt: when it arrived (wall clock), for the latency the test reports
+  socket.on('message', (data: Buffer) => messages.push({ ...JSON.parse(data.toString('utf8')), receivedAt: Date.now() }))
   return {
     messages,
     send: (message) => socket.send(JSON.stringify(message)),
@@ -119,8 +120,10 @@ t.test('live counts: pushed as profiles change, saved segments counted from the 
   t.equal(sql.size, 2, 'the size the exploration API counts in SQL agrees')
 
   // a profile change moves the segment's size
+  const posted = Date.now()
   await post(system, alphaWrite, track('u3', 2, { plan: 'pro' }))
   await until(system, alphaWrite, 'u3 enters the segment', () => client.last()?.segments?.[pro] === 3)
+  t.comment(`from the POST to the push over the socket: ${client.last()!.receivedAt - posted} ms (collector, enrich, profile, live-counts, gateway; one run, not asserted)`)
   await post(system, alphaWrite, track('u1', 2, { plan: 'free' }))
   await until(system, alphaWrite, 'u1 leaves it', () => client.last()?.segments?.[pro] === 2)
   const pushes = client.messages.filter((message) => message.type === 'counts').length
