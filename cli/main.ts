@@ -5,6 +5,8 @@ import { createLogger } from '../config/logger.ts'
 import { createProject, listProjects, ProjectError, rotateKey } from '../projects/registry.ts'
 import { importFile, ImportError } from './import.ts'
 import { listDeadLetters, replayDeadLetters } from './dlq.ts'
+import { PipelinedPublisher } from '../broker/publisher.ts'
+import { republishSegments } from '../gateway/live/segments.ts'
 import { openStore } from '../store/store.ts'
 import { SimulateError, simulateCommand } from '../simulate/run.ts'
 import { applyTopology, IncompatibleChangeError } from '../topology/apply.ts'
@@ -29,6 +31,9 @@ const USAGE = `segstream <command>
            [--rate N] [--url U] [--write-key K | --api-key K] [--out F] [--expected F]
                              simulated users and their events, written to a file or sent through the
                              collector, with the answers the pipeline should give (simulate --help)
+  segments republish [--project P]
+                             publish every saved segment to the profile step again (segments saved
+                             before it kept definitions get their live size; docs/live.md)
   dlq list [--project P] [--step S]
                              dead letters with their step and reason
   dlq replay [--project P] [--step S] [--seq N ...]
@@ -141,6 +146,29 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'simulate':
       return simulateCommand([sub, ...rest].filter((x): x is string => x !== undefined), config.httpPort)
+    case 'segments': {
+      const { values } = parseArgs({ args: rest, options: { project: { type: 'string' } } })
+      if (sub !== 'republish') {
+        console.error('usage: segstream segments republish [--project P]')
+        return 2
+      }
+      if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'a postgres:// URL: the saved segments are read from the database', '')
+      const store = await openStore({ url: config.databaseUrl, target: config.databaseTarget, poolSize: 1, logger: createLogger(config.logLevel) })
+      try {
+        return await withNats(config, async (nc) => {
+          const publisher = new PipelinedPublisher(nc, { timeoutMs: 10_000 })
+          try {
+            const published = await republishSegments(store.pool, publisher, { keyGroups: config.keyGroups, project: values.project })
+            console.log(`published ${published} saved segments to the profile step again`)
+            return 0
+          } finally {
+            publisher.close()
+          }
+        })
+      } finally {
+        await store.close()
+      }
+    }
     case 'dlq': {
       const { values } = parseArgs({ args: rest, options: { project: { type: 'string' }, step: { type: 'string' }, seq: { type: 'string', multiple: true } } })
       return withNats(config, async (nc) => {

@@ -1,5 +1,6 @@
 import { jetstreamManager } from '@nats-io/jetstream'
 import t from 'tap'
+import { republishSegments } from '../gateway/live/segments.ts'
 import { decodeEnvelope } from '../schemas/codec.ts'
 import type { LiveCountsEnvelope } from '../schemas/envelope.ts'
 import { GOOGLEBOT_USER_AGENT } from '../simulate/model.ts'
@@ -159,5 +160,15 @@ t.test('live counts: pushed as profiles change, saved segments counted from the 
   t.same((await liveCounts(system, alpha.apiKey)).engagement, { Low: 3, Medium: 0, 'Medium-High': 0, High: 0 }, 'the gateway did not count anything twice')
   t.equal(client.messages.filter((message) => message.type === 'counts').length, pushes, 'and pushed nothing: no number changed')
   t.same(client.last()!.segments, { [pro]: 2, [clickers]: null })
+
+  // a segment saved before the profile step kept definitions: its row exists, its control message
+  // went by unread. Published again, it gets its live size; the segments already held change nothing
+  await system.store.pool.query(`INSERT INTO segments (project, id, name, filter, version) VALUES ('alpha', 'seg_older', 'Free (older)', '{"all":[{"dimension":"trait.plan","equals":"free"}]}', 1)`)
+  client.send({ type: 'watch', engagement: true, segments: [pro, 'seg_older'] })
+  await eventually('the older segment watched', () => client.last()?.segments?.seg_older !== undefined)
+  t.equal(client.last()!.segments.seg_older, 0, 'unknown to the profile step: nobody counted yet')
+  t.equal(await republishSegments(system.store.pool, system.publisher, { keyGroups: KEY_GROUPS, project: 'alpha' }), 3, 'every segment of the project published again')
+  await until(system, alphaWrite, 'the older segment counted', () => client.last()?.segments?.seg_older === 1)
+  t.same(client.last()!.segments, { [pro]: 2, seg_older: 1 }, 'u1, the one free user, is in it; the held segments are unchanged')
   client.close()
 })

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { createProfile, type ProfileState } from '../../operators/profile/logic.ts'
 import { applySegmentControl, matches, segmentDefinitionOf, type ProfileValues } from '../../operators/profile/segments.ts'
+import type { DefinitionChangeContext } from '../../operators/runtime/operator.ts'
 import { emptyKeyGroup, newCounters, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type Outgoing } from '../../operators/runtime/kernel.ts'
 import { decode, decodeEnvelope, encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type ControlEnvelope, type EnrichedEventEnvelope, type SegmentMembershipEnvelope, type WatermarkEnvelope } from '../../schemas/envelope.ts'
@@ -138,6 +139,12 @@ t.test('a segment created with users already there: each enters at the control m
   t.same(segmentChangesIn(outputs[3]!), ['+all u1 v3', '+all u2 v2', '+all u3 v2'], 'an empty filter: everybody')
   t.same(segmentChangesIn(outputs[4]!), ['-de u2 v3', '-de u3 v3'], 'a deleted segment: its members leave')
   t.equal(counters.deadLettered, 0)
+  let visits = 0
+  const counting = { ...profile, onDefinitionChange: (state: ProfileState, context: DefinitionChangeContext) => { visits++; return profile.onDefinitionChange!(state, context) } }
+  t.same(processMessage(counting, group, controlMessage('all', 1, {}), kernelOptions, counters), [], 'a definition published again at the version held: nothing emitted')
+  t.equal(visits, 0, 'and no key revisited')
+  processMessage(counting, group, controlMessage('other', 1, {}), kernelOptions, counters)
+  t.equal(visits, 3, 'a new one visits every key of the project')
 
   // the same inputs from the checkpoint (keys loaded in another order): the same outputs, same ids
   const replayed = copyOf(checkpoint)
