@@ -11,6 +11,7 @@ import { DEFAULT_POLICY, type MaintenancePolicy } from '../store/maintenance.ts'
 import type { IdentityLink } from '../store/sessions.ts'
 import { consumersOf } from '../topology/apply.ts'
 import type { StepSpec, Topology } from '../topology/model.ts'
+import { stageFilter, type Stage } from '../topology/subjects.ts'
 import type { ChannelOptions } from './enrich/channel.ts'
 import { contextOf } from './enrich/context.ts'
 import { noGeo, type GeoLookup } from './enrich/geo.ts'
@@ -107,6 +108,25 @@ const IDLE_TTL_MS: Record<string, number> = {
   'live-counts': Number.POSITIVE_INFINITY,
 }
 
+/**
+ * Input stages whose event times hold each other back, per step: funnel reads sessions, derived
+ * from the enriched events it also reads and trailing them by sessionize's lag (weeks of event time
+ * in a fast import). Were the watermark the newest of the two, it would fold a user's events before
+ * their session's $session_start arrived and refuse that as late.
+ */
+const ALIGNED_STAGES: Record<string, Stage[]> = {
+  funnel: ['enriched', 'sessions'],
+}
+
+/** The streams holding the given stages. */
+function streamsOf(topology: Topology, stages: readonly Stage[] | undefined): string[] | undefined {
+  return stages?.map((stage) => {
+    const stream = topology.streams.find((candidate) => candidate.subjects.includes(stageFilter(stage)))
+    if (!stream) throw new Error(`no stream holds the ${stage} stage`)
+    return stream.name
+  })
+}
+
 const runOperatorStep: StepRunner = async (step, context) => {
   const factory = OPERATORS[step.stepId]
   if (!factory) throw new Error(`operator step "${step.stepId}" has no logic in operators/steps.ts`)
@@ -114,6 +134,7 @@ const runOperatorStep: StepRunner = async (step, context) => {
     nc: context.nc, publisher: context.publisher, operator: factory(context), step, topology: context.topology,
     keyGroups: context.keyGroups, logger: context.logger, metrics: context.metrics, failpoint: context.failpoint,
     leaseMs: context.leaseMs, heartbeatMs: context.heartbeatMs, idleTtlMs: IDLE_TTL_MS[step.stepId],
+    alignedStreams: streamsOf(context.topology, ALIGNED_STAGES[step.stepId]),
     latenessOf: (project) => settingsOf(context, project).allowedLatenessMs,
   })
   await instance.start()

@@ -71,6 +71,8 @@ export interface InstanceOptions<State, Input> {
   latenessOf?: (project: string) => number
   /** Keys idle longer than this (event time) restart from init(). Default 30 days. */
   idleTtlMs?: number
+  /** Input streams whose event times hold each other back (KernelOptions.alignedStreams). Default: none. */
+  alignedStreams?: readonly string[]
   leaseMs?: number
   heartbeatMs?: number
   /**
@@ -140,7 +142,7 @@ export function startInstance<State, Input>(options: InstanceOptions<State, Inpu
   const latestValue = (filter: string) => options.topology.streams.some((stream) => stream.maxMessagesPerSubject !== undefined && stream.subjects.includes(filter))
   const forwardWatermarksTo = options.step.outputs
     .filter((filter) => !latestValue(filter)).map((filter) => filter.split('.')[2] as Stage).filter((stage) => stage !== 'dlq' && stage !== 'late')
-  const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now, keyGroups: options.keyGroups, forwardWatermarksTo }
+  const kernelOptions = { stepId, latenessOf, idleTtlMs: options.idleTtlMs ?? 30 * 86_400_000, clock: Date.now, keyGroups: options.keyGroups, forwardWatermarksTo, alignedStreams: options.alignedStreams }
   const groups = new Map<number, Owned<State>>()
   /** Key groups processed since their last commit. */
   const uncommitted = new Set<number>()

@@ -59,6 +59,13 @@ export interface KernelOptions {
   keyGroups: number
   /** Stages a `watermark` input is forwarded to, in the same key group: the step's outputs (not dlq, late). */
   forwardWatermarksTo?: readonly Stage[]
+  /**
+   * Input streams that hold each other back: the watermark is the least of their newest event
+   * times, not the newest over all inputs. For a step that reads a stage and one derived from it
+   * (funnel: enriched and sessions), whose derived messages trail the stage they come from by the
+   * upstream step's lag, which in an import can be weeks of event time. Default: none (the newest).
+   */
+  alignedStreams?: readonly string[]
 }
 
 export interface KernelCounters {
@@ -80,9 +87,28 @@ export function emptyKeyGroup<State>(keyGroup: number, epoch: number): KeyGroupS
 
 export const watermarkKey = (project: string, source: Source) => `${project}|${source}`
 
-export function watermarkOf(group: KeyGroupState<unknown>, project: string, source: Source, lateness: number): number {
-  const max = group.maxEventTime[watermarkKey(project, source)]
+export function watermarkOf(group: KeyGroupState<unknown>, project: string, source: Source, lateness: number, alignedStreams?: readonly string[]): number {
+  const name = watermarkKey(project, source)
+  if (alignedStreams !== undefined && alignedStreams.length > 0) {
+    // a stream that has carried nothing of the project and source yet holds everything back
+    let least = Number.POSITIVE_INFINITY
+    for (const stream of alignedStreams) least = Math.min(least, group.maxEventTime[streamWatermarkKey(name, stream)] ?? Number.NEGATIVE_INFINITY)
+    return least - lateness
+  }
+  const max = group.maxEventTime[name]
   return max === undefined ? Number.NEGATIVE_INFINITY : max - lateness
+}
+
+/** The newest event time of one input stream, kept (checkpointed with the others) only for aligned streams. */
+const streamWatermarkKey = (name: string, stream: string) => `${name}|${stream}`
+
+/** Moves the event time of (project, source) up to `time`, and that of the input stream when it is an aligned one; returns the newest over all. */
+function advanceEventTime(group: KeyGroupState<unknown>, name: string, stream: string, time: number, options: KernelOptions): number {
+  if (options.alignedStreams?.includes(stream)) {
+    const key = streamWatermarkKey(name, stream)
+    group.maxEventTime[key] = Math.max(group.maxEventTime[key] ?? Number.NEGATIVE_INFINITY, time)
+  }
+  return (group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, time))
 }
 
 function scheduleTimer<State>(group: KeyGroupState<State>, key: string, entry: KeyEntry<State>) {
@@ -147,9 +173,9 @@ export function processMessage<State, Input>(
     if (envelope.type === 'watermark') {
       // event time has reached envelope.time for this key group, though none of its keys had an event
       const name = watermarkKey(envelope.project, envelope.source)
-      const reached = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time)
-      group.maxEventTime[name] = reached
-      if (!operator.stateless) fireTimers(operator, group, name, reached - options.latenessOf(envelope.project), `${idPrefix}:t`, outgoing, counters)
+      advanceEventTime(group, name, stream, envelope.time, options)
+      const watermark = watermarkOf(group, envelope.project, envelope.source, options.latenessOf(envelope.project), options.alignedStreams)
+      if (!operator.stateless) fireTimers(operator, group, name, watermark, `${idPrefix}:t`, outgoing, counters)
       for (const stage of options.forwardWatermarksTo ?? []) {
         outgoing.push({ subject: subjectFor(envelope.project, stage, group.keyGroup), data: message.data, msgId: `${idPrefix}:w:${stage}` })
       }
@@ -158,10 +184,8 @@ export function processMessage<State, Input>(
     if (envelope.type === 'control') {
       // a definition change takes effect here, at this input position, in every replay too
       if (envelope.data.stepId === operator.stepId && operator.onControl) {
-        const before = group.control[envelope.project]
-        group.control[envelope.project] = operator.onControl(before, envelope.data)
-        // definitions returned unchanged (a version already held, published again): no key to revisit
-        if (operator.onDefinitionChange && !operator.stateless && group.control[envelope.project] !== before) {
+        group.control[envelope.project] = operator.onControl(group.control[envelope.project], envelope.data)
+        if (operator.onDefinitionChange && !operator.stateless) {
           try {
             applyDefinitionChange(operator, group, message, envelope.project, envelope.data, options, idPrefix, outgoing)
           } catch (error) {
@@ -191,12 +215,12 @@ export function processMessage<State, Input>(
   const lateness = options.latenessOf(envelope.project)
   const context = {
     eventTime: envelope.time,
-    watermark: watermarkOf(group, envelope.project, envelope.source, lateness),
+    watermark: watermarkOf(group, envelope.project, envelope.source, lateness, options.alignedStreams),
     source: envelope.source,
     control: group.control[envelope.project],
   }
   const name = watermarkKey(envelope.project, envelope.source)
-  const advanceWatermark = () => (group.maxEventTime[name] = Math.max(group.maxEventTime[name] ?? Number.NEGATIVE_INFINITY, envelope.time))
+  const advanceWatermark = () => advanceEventTime(group, name, stream, envelope.time, options)
   if (operator.stateless) {
     try {
       const result = operator.onEvent(operator.init(), input, context)
@@ -231,7 +255,8 @@ export function processMessage<State, Input>(
       return outgoing
     }
   }
-  fireTimers(operator, group, name, advanceWatermark() - lateness, `${idPrefix}:t`, outgoing, counters)
+  advanceWatermark()
+  fireTimers(operator, group, name, watermarkOf(group, envelope.project, envelope.source, lateness, options.alignedStreams), `${idPrefix}:t`, outgoing, counters)
   return outgoing
 }
 
@@ -289,7 +314,7 @@ function applyMerge<State, Input>(
     return
   }
   const result = operator.mergeInto(existing?.state, fromState, {
-    from, into, watermark: watermarkOf(group, project, source, options.latenessOf(project)), control: group.control[project],
+    from, into, watermark: watermarkOf(group, project, source, options.latenessOf(project), options.alignedStreams), control: group.control[project],
   })
   const entry: KeyEntry<State> = existing ?? { state: operator.init(), applied: {}, lastTime: fromTime, project, source }
   entry.applied = { ...entry.applied, [message.stream]: message.seq }
@@ -315,7 +340,7 @@ function applyDefinitionChange<State, Input>(
     const entry = group.keys.get(key)!
     // applied before a crash that came before the checkpoint: its outputs are already out
     if ((entry.applied[message.stream] ?? 0) >= message.seq) continue
-    const watermark = watermarkOf(group, project, entry.source, options.latenessOf(project))
+    const watermark = watermarkOf(group, project, entry.source, options.latenessOf(project), options.alignedStreams)
     const result = operator.onDefinitionChange!(entry.state, { change, control: group.control[project], watermark })
     if (result.state === entry.state && result.emit.length === 0 && result.wakeAt === entry.wakeAt) continue
     entry.applied = { ...entry.applied, [message.stream]: message.seq }
