@@ -184,8 +184,10 @@ export function processMessage<State, Input>(
     if (envelope.type === 'control') {
       // a definition change takes effect here, at this input position, in every replay too
       if (envelope.data.stepId === operator.stepId && operator.onControl) {
-        group.control[envelope.project] = operator.onControl(group.control[envelope.project], envelope.data)
-        if (operator.onDefinitionChange && !operator.stateless) {
+        const before = group.control[envelope.project]
+        group.control[envelope.project] = operator.onControl(before, envelope.data)
+        // definitions returned unchanged (a version already held, published again): no key to revisit
+        if (operator.onDefinitionChange && !operator.stateless && group.control[envelope.project] !== before) {
           try {
             applyDefinitionChange(operator, group, message, envelope.project, envelope.data, options, idPrefix, outgoing)
           } catch (error) {
