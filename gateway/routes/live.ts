@@ -9,6 +9,7 @@ import { ErrorBody } from '../explore/schemas.ts'
 import { LiveCountsFeed } from '../live/feed.ts'
 import { countsMessage, MAX_PUSHES_PER_SECOND, numbersOf, parseWatch, type ServerMessage, type Watch } from '../live/protocol.ts'
 import { savedSegments } from '../live/segments.ts'
+import { PushThrottle } from '../live/throttle.ts'
 import { keyFromHeader } from './collector.ts'
 
 /** How long a first request waits for the initial load of the counts stream. */
@@ -76,8 +77,6 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
     let watch: Watch | undefined
     let notLive = new Set<string>()
     let lastNumbers: string | undefined
-    let lastPushAt = 0
-    let timer: NodeJS.Timeout | undefined
     const send = (message: ServerMessage) => {
       if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(message))
     }
@@ -87,16 +86,10 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
       const numbers = numbersOf(message)
       if (!force && numbers === lastNumbers) return
       lastNumbers = numbers
-      lastPushAt = Date.now()
       send(message)
     }
-    const changed = () => {
-      if (timer) return // a push is already due: it will carry this change too
-      const wait = lastPushAt + 1000 / MAX_PUSHES_PER_SECOND - Date.now()
-      if (wait <= 0) return push(false)
-      timer = setTimeout(() => { timer = undefined; push(false) }, wait)
-    }
-    const unlisten = feed.listen(project.id, changed)
+    const throttle = new PushThrottle({ intervalMs: 1000 / MAX_PUSHES_PER_SECOND, push: () => push(false) })
+    const unlisten = feed.listen(project.id, () => throttle.changed())
     let pending = Promise.resolve()
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       // one at a time, in order: a watch looks its segments up in the database
@@ -110,6 +103,7 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
         watch = parsed
         notLive = new Set(known.filter((segment) => !segment.live).map((segment) => segment.id))
         push(true)
+        throttle.pushed()
       }).catch((error) => {
         log.warn({ err: error }, 'live: a watch failed')
         send({ type: 'error', message: `watch failed: ${(error as Error).message}` })
@@ -117,7 +111,7 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
     })
     socket.on('close', () => {
       unlisten()
-      clearTimeout(timer)
+      throttle.stop()
     })
   })
 }
