@@ -1,7 +1,7 @@
 /**
- * Exploration queries over `profiles` (migration 0005) and `segments` / `profile_traits`
- * (0006): users counted by one dimension under a filter, the users behind a count, saved
- * segments. The gateway (gateway/routes/explore.ts) and bench/explore.ts call these directly.
+ * Exploration queries over `profiles` (migration 0005), `segments` / `profile_traits` (0006) and
+ * `profile_event_series` (0012, what behavioural conditions read): users counted by one dimension
+ * under a filter, the users behind a count, saved segments. The gateway (gateway/routes/explore.ts) and bench/explore.ts call these directly.
  *
  * Exported interface
  * - `Database`: anything with pg's `connect()` (a `pg.Pool`). Every read runs in its own
@@ -20,7 +20,7 @@
  * - `streamUsers(db, context, { filter?, cursor?, pageSize? })`: every page in turn (CSV export).
  * - `createSegment`, `listSegments`, `getSegment`, `deleteSegment`: saved filters with their live
  *   size, counted when read.
- * - Pure, for tests and reuse: `compileFilter`, `plannerSettings`, `resolveDimension`, `encodeCursor`, `decodeCursor`,
+ * - Pure, for tests and reuse: `compileFilter`, `plannerSettings`, `seriesDriver`, `resolveDimension`, `encodeCursor`, `decodeCursor`,
  *   `BUILT_IN_DIMENSIONS`, `ENGAGEMENT_LEVELS`, the limits `MAX_*`.
  * - Errors: `ExploreInputError` (code SEG_EXPLORE_INVALID: the request is wrong, says how) and
  *   `ExploreTimeoutError` (SEG_EXPLORE_TIMEOUT); connection failures are `DatabaseUnavailableError`.
@@ -196,6 +196,11 @@ export interface CompileInput {
   traits: TraitCatalog
   /** Local date (YYYY-MM-DD) behavioural windows end on; needed only when the filter has event conditions. */
   asOfDay?: string
+  /**
+   * `seriesDriver` of the filter: the index of the behavioural condition whose rows of
+   * profile_event_series the statement reads as `p` (instead of profiles).
+   */
+  driver?: number
 }
 
 function checkValue(dimension: ResolvedDimension, value: unknown, where: string): Scalar {
@@ -301,7 +306,7 @@ function compileDimensionCondition(condition: DimensionCondition, input: Compile
   return parts.join(' AND ')
 }
 
-function compileEventCondition(condition: EventCondition, input: CompileInput, params: Params, where: string, negated = false): string {
+function compileEventCondition(condition: EventCondition, input: CompileInput, params: Params, where: string, negated = false, drives = false): string {
   onlyFields(condition, ['event', 'atLeast', 'inLastDays', 'not'], where)
   if (typeof condition.event !== 'string' || condition.event === '') throw new ExploreInputError(`${where}.event: an event name is required`)
   if (!Number.isInteger(condition.atLeast) || condition.atLeast < 1) throw new ExploreInputError(`${where}.atLeast: a whole number ≥ 1 is required, not ${JSON.stringify(condition.atLeast)}`)
@@ -310,24 +315,62 @@ function compileEventCondition(condition: EventCondition, input: CompileInput, p
   }
   if (!input.asOfDay) return 'false' // no profile has been scored: nobody did anything yet
   const day = params.add(input.asOfDay, 'date')
-  // the users who did it, once: one pass over (project, name, day) of the covering index, summed
-  // per user. In canonical_id order (unless negated: then it is a hashed set probed per profile),
-  // so it merge-joins with profiles_live_by_id (migration 0010); see plannerSettings.
-  return `p.canonical_id IN (SELECT d.canonical_id FROM profile_event_days d
-      WHERE d.project = $1 AND d.name = ${params.add(condition.event, 'text')} AND d.day > ${day} - ${params.add(condition.inLastDays, 'int')} AND d.day <= ${day}
-      GROUP BY d.canonical_id HAVING sum(d.count) >= ${params.add(condition.atLeast, 'int')}${negated ? '' : '\n      ORDER BY d.canonical_id'})`
+  const name = params.add(condition.event, 'text')
+  const start = `${day} - ${params.add(condition.inLastDays, 'int')}`
+  // the user's events of the name in (start, day]: two subscripts of the running total of
+  // profile_event_series (migration 0012), a subscript below 1 being NULL (nothing before first_day)
+  const qualifies = (s: string) => `${s}.name = ${name} AND ${s}.last_day > ${start} AND ${s}.first_day <= ${day}
+      AND coalesce(${s}.cumulative[least(${day}, ${s}.last_day) - ${s}.first_day + 1], 0) - coalesce(${s}.cumulative[${start} - ${s}.first_day + 1], 0) >= ${params.add(condition.atLeast, 'int')}`
+  // driving: the statement reads profile_event_series as p, one row per live user who did the event
+  if (drives) return qualifies('p')
+  // the users who qualify, once: the rows of one name with an event in the window (an index-only
+  // scan of profile_event_series_by_name). In canonical_id order (unless negated: then it is a
+  // hashed set probed per profile), so it merge-joins with profiles_live_by_id (migration 0010).
+  return `p.canonical_id IN (SELECT s.canonical_id FROM profile_event_series s
+      WHERE s.project = $1 AND ${qualifies('s')}${negated ? '' : '\n      ORDER BY s.canonical_id'})`
+}
+
+/**
+ * Profile columns profile_event_series (migration 0012) holds a copy of: a count grouped by one of
+ * these, under conditions on these and behavioural conditions only, reads that table alone.
+ */
+export const SERIES_COLUMNS: readonly string[] = ['engagement_level', 'acquisition_month', 'acquisition_channel', 'country', 'device_type']
+
+/**
+ * Which condition of `filter.all` can drive the statement from profile_event_series instead of
+ * profiles (its index, or undefined): the first behavioural condition that is not negated, when
+ * every dimension condition and `groupBy` read only SERIES_COLUMNS and there is no `active` (which
+ * reads first_seen, last_seen and events). The rows of one event name are then the users who did it,
+ * each with the grouping columns: no per-user sum, no join with profiles. Same answer either way.
+ */
+export function seriesDriver(filter: Filter | undefined, groupBy?: ResolvedDimension): number | undefined {
+  if (typeof filter !== 'object' || filter === null || Array.isArray(filter) || filter.active !== undefined || !Array.isArray(filter.all)) return undefined
+  if (groupBy !== undefined && !(groupBy.source === 'column' && SERIES_COLUMNS.includes(groupBy.column))) return undefined
+  let driver: number | undefined
+  for (const [i, condition] of filter.all.entries()) {
+    if (typeof condition !== 'object' || condition === null) return undefined
+    if ((condition as EventCondition).event !== undefined) {
+      if (driver === undefined && condition.not !== true && (condition as DimensionCondition).dimension === undefined) driver = i
+      continue
+    }
+    const column = BUILT_IN_BY_NAME.get((condition as DimensionCondition).dimension)?.column
+    if (column === undefined || !SERIES_COLUMNS.includes(column)) return undefined
+  }
+  return driver
 }
 
 /**
  * Planner settings for the statement that reads `filter` (SET LOCAL, so for the rest of its
  * transaction). A behavioural condition is a semi-join with the set of users who qualify, and
- * PostgreSQL cannot estimate how many do (HAVING sum(...) >= n is a fixed third of the groups:
- * 32,000 where 87,000 qualify in make bench-explore). It then probes profiles once per user in a
- * nested loop (0.8 s) instead of merging the ordered set with profiles_live_by_id (0.45 s); and
- * each parallel worker would sum the whole set again. Not when the filter also probes events
- * per user (`active` with both ends): that probe must stay a nested loop over the events index.
+ * PostgreSQL cannot estimate how many do (a sum of two subscripts >= n is a fixed third of the rows
+ * it applies to). It may then probe profiles once per user in a nested loop (0.8 s for 87,000 in
+ * make bench-explore) instead of merging the ordered set with profiles_live_by_id; and each
+ * parallel worker would read the whole set again. Not when the filter also probes events per user
+ * (`active` with both ends): that probe must stay a nested loop over the events index. Nor when a
+ * behavioural condition drives the statement (`seriesDriver`): no join with profiles to steer.
  */
-export function plannerSettings(filter: Filter | undefined): string[] {
+export function plannerSettings(filter: Filter | undefined, driver?: number): string[] {
+  if (driver !== undefined) return []
   const semiJoin = (filter?.all ?? []).some((condition) => typeof condition === 'object' && condition !== null && isEventCondition(condition) && condition.not !== true)
   const eventsProbe = filter?.active?.from !== undefined && filter?.active?.to !== undefined
   if (!semiJoin || eventsProbe) return []
@@ -359,11 +402,12 @@ export function needsAsOf(filter: Filter | undefined): boolean {
 }
 
 /**
- * The WHERE clause (on profiles `p`, after project and merged_into) of a filter. Throws
+ * The WHERE clause (on profiles `p`, after project and merged_into) of a filter; with
+ * `input.driver`, on profile_event_series `p` (which holds live profiles only). Throws
  * ExploreInputError naming the first problem, with its place (`filter.all[2].range`).
  */
 export function compileFilter(filter: Filter | undefined, input: CompileInput, params: Params, where = 'filter'): string {
-  const parts = [`p.project = $1`, `p.merged_into IS NULL`]
+  const parts = input.driver === undefined ? [`p.project = $1`, `p.merged_into IS NULL`] : [`p.project = $1`]
   if (filter === undefined || filter === null) return parts.join(' AND ')
   if (typeof filter !== 'object' || Array.isArray(filter)) throw new ExploreInputError(`${where}: an object { all?, active?, asOf? } is required`)
   onlyFields(filter, ['all', 'active', 'asOf'], where)
@@ -378,7 +422,7 @@ export function compileFilter(filter: Filter | undefined, input: CompileInput, p
     if (condition.not !== undefined && typeof condition.not !== 'boolean') throw new ExploreInputError(`${at}.not: true or false`)
     if (hasDimension === hasEvent) throw new ExploreInputError(`${at}: a condition has either "dimension" (with equals, in or range) or "event" (with atLeast and inLastDays)`)
     const sql = hasEvent
-      ? compileEventCondition(condition as EventCondition, input, params, at, condition.not === true)
+      ? compileEventCondition(condition as EventCondition, input, params, at, condition.not === true, input.driver === i)
       : compileDimensionCondition(condition as DimensionCondition, input, params, at)
     // IS NOT TRUE: a negation keeps the users without a value, whom the condition does not hold for
     parts.push(condition.not === true ? `(${sql}) IS NOT TRUE` : `(${sql})`)
@@ -498,14 +542,20 @@ interface Prepared {
   asOf?: Date
   /** plannerSettings of the filter: run before the statement that reads `where`. */
   settings?: string[]
+  /** What `where` reads as `p`: `profiles p`, or `profile_event_series p` when a condition drives (`seriesDriver`). */
+  from?: string
 }
 
-async function prepare(query: Query, context: ExploreContext, filter: Filter | undefined, traits?: TraitCatalog): Promise<Prepared & { traits: TraitCatalog }> {
+/** `driver`: `seriesDriver` of the filter, for a statement that reads only the columns profile_event_series copies. */
+async function prepare(query: Query, context: ExploreContext, filter: Filter | undefined, traits?: TraitCatalog, driver?: number): Promise<Prepared & { traits: TraitCatalog }> {
   const catalog = traits ?? (await traitCatalog(query, context.project))
   const resolved = needsAsOf(filter) ? await resolveAsOf(query, context, filter) : undefined
   const params = new Params(context.project)
-  const where = compileFilter(filter, { traits: catalog, asOfDay: resolved?.asOfDay }, params)
-  return { where, params, asOf: resolved?.asOf, traits: catalog, settings: plannerSettings(filter) }
+  const where = compileFilter(filter, { traits: catalog, asOfDay: resolved?.asOfDay, driver }, params)
+  return {
+    where, params, asOf: resolved?.asOf, traits: catalog, settings: plannerSettings(filter, driver),
+    from: driver === undefined ? 'profiles p' : 'profile_event_series p',
+  }
 }
 
 export async function listDimensions(db: Database, project: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<Dimension[]> {
@@ -572,13 +622,13 @@ export async function countBy(db: Database, context: ExploreContext, request: Co
   return readOnly(db, timeoutOf(context), async (query) => {
     const traits = await traitCatalog(query, context.project)
     const dimension = resolveDimension(request.dimension, traits)
-    const prepared = await prepare(query, context, request.filter, traits)
+    const prepared = await prepare(query, context, request.filter, traits, seriesDriver(request.filter, dimension))
     const { params } = prepared
     const value = valueExpression(dimension, params)
     for (const setting of prepared.settings ?? []) await query(setting)
     const rows = (await query<{ value: unknown; count: string; total: string; groups: string }>(
       `SELECT value, count, sum(count) OVER () AS total, count(*) OVER () AS groups
-         FROM (SELECT ${value} AS value, count(*) AS count FROM profiles p
+         FROM (SELECT ${value} AS value, count(*) AS count FROM ${prepared.from}
                 WHERE ${prepared.where}
                 GROUP BY 1) g
         ORDER BY ${groupOrder(dimension)}
@@ -780,7 +830,7 @@ export async function createSegment(db: Database, context: ExploreContext, segme
   return (await getSegment(db, context, stored.id))!
 }
 
-/** Every saved segment with its live size: one pass over the project's profiles for all of them. */
+/** Every saved segment with its live size: one pass over the project's profiles for all of them, but behavioural segments `seriesDriver` takes (one count each). */
 export async function listSegments(db: Database, context: ExploreContext): Promise<SegmentWithSize[]> {
   return readOnly(db, timeoutOf(context), async (query) => {
     const segments = (await query<Record<string, unknown>>('SELECT * FROM segments WHERE project = $1 ORDER BY created_at, id', [context.project])).rows.map(toSegment)
@@ -804,16 +854,28 @@ async function sizes(query: Query, context: ExploreContext, segments: Segment[])
   const params = new Params(context.project)
   const counts: string[] = []
   const asOfs: (Date | undefined)[] = []
-  for (const segment of segments) {
+  const sized = new Map<number, number>()
+  for (const [i, segment] of segments.entries()) {
     // a segment with its own asOf is measured from it; the others share the project's
     const resolved = !needsAsOf(segment.filter) ? undefined : segment.filter.asOf === undefined ? shared : await resolveAsOf(query, context, segment.filter)
-    counts.push(`count(*) FILTER (WHERE ${compileFilter(segment.filter, { traits, asOfDay: resolved?.asOfDay }, params)})`)
     asOfs.push(resolved?.asOf)
+    const driver = seriesDriver(segment.filter)
+    if (driver === undefined) {
+      counts.push(`count(*) FILTER (WHERE ${compileFilter(segment.filter, { traits, asOfDay: resolved?.asOfDay }, params)}) AS s${i}`)
+      continue
+    }
+    // a behavioural segment on the copied columns alone: counted on the rows of its event name
+    const own = new Params(context.project)
+    const where = compileFilter(segment.filter, { traits, asOfDay: resolved?.asOfDay, driver }, own)
+    sized.set(i, Number((await query<{ n: string }>(`SELECT count(*) AS n FROM profile_event_series p WHERE ${where}`, own.values)).rows[0]!.n))
   }
-  const row = (await query<Record<string, string>>(
-    `SELECT ${counts.map((count, i) => `${count} AS s${i}`).join(',\n  ')} FROM profiles p WHERE p.project = $1 AND p.merged_into IS NULL`, params.values)).rows[0]!
+  if (counts.length > 0) {
+    const row = (await query<Record<string, string>>(
+      `SELECT ${counts.join(',\n  ')} FROM profiles p WHERE p.project = $1 AND p.merged_into IS NULL`, params.values)).rows[0]!
+    for (const [key, value] of Object.entries(row)) sized.set(Number(key.slice(1)), Number(value ?? 0))
+  }
   return segments.map((segment, i) => ({
-    ...segment, size: Number(row[`s${i}`] ?? 0),
+    ...segment, size: sized.get(i) ?? 0,
     ...(asOfs[i] ? { asOf: asOfs[i]!.toISOString() } : {}),
   }))
 }

@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { csvField, csvRows, CSV_HEADER } from '../../gateway/explore/csv.ts'
 import {
-  BUILT_IN_DIMENSIONS, compileFilter, decodeCursor, encodeCursor, groupOrder, needsAsOf, Params, plannerSettings, resolveDimension, traitKind,
+  BUILT_IN_DIMENSIONS, compileFilter, decodeCursor, encodeCursor, groupOrder, needsAsOf, Params, plannerSettings, resolveDimension, seriesDriver, traitKind,
   type Filter, type UserRow,
 } from '../../store/explore.ts'
 
@@ -58,7 +58,7 @@ t.test('trait conditions', async (t) => {
 
 t.test('behavioural conditions count local days back from the as-of day', async (t) => {
   const compiled = compile({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7 }] }, '2019-12-31')
-  t.match(compiled.sql, /p\.canonical_id IN \(SELECT d\.canonical_id FROM profile_event_days d WHERE d\.project = \$1 AND d\.name = \$3::text AND d\.day > \$2::date - \$4::int AND d\.day <= \$2::date GROUP BY d\.canonical_id HAVING sum\(d\.count\) >= \$5::int ORDER BY d\.canonical_id\)/)
+  t.match(compiled.sql, /p\.canonical_id IN \(SELECT s\.canonical_id FROM profile_event_series s WHERE s\.project = \$1 AND s\.name = \$3::text AND s\.last_day > \$2::date - \$4::int AND s\.first_day <= \$2::date AND coalesce\(s\.cumulative\[least\(\$2::date, s\.last_day\) - s\.first_day \+ 1\], 0\) - coalesce\(s\.cumulative\[\$2::date - \$4::int - s\.first_day \+ 1\], 0\) >= \$5::int ORDER BY s\.canonical_id\)/)
   t.same(compiled.values, ['alpha', '2019-12-31', 'click_event1', 7, 2])
   t.notMatch(compile({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7, not: true }] }, '2019-12-31').sql, /ORDER BY/, 'a negated set is hashed, not merged: no sort')
   t.same(plannerSettings({ all: [{ event: 'click_event1', atLeast: 2, inLastDays: 7 }] }), ['SET LOCAL enable_nestloop = off', 'SET LOCAL max_parallel_workers_per_gather = 0'], 'a semi-join with the users who qualify: merged, not probed per user')
@@ -69,6 +69,30 @@ t.test('behavioural conditions count local days back from the as-of day', async 
   t.ok(needsAsOf({ all: [{ dimension: 'country', equals: 'DE' }, { event: 'x', atLeast: 1, inLastDays: 1 }] }))
   t.notOk(needsAsOf({ all: [{ dimension: 'country', equals: 'DE' }] }))
   t.notOk(needsAsOf(undefined))
+})
+
+t.test('a behavioural condition drives the statement from profile_event_series when it reads only the columns copied there', async (t) => {
+  const did = { event: 'click_event1', atLeast: 2, inLastDays: 30 }
+  const by = (name: string) => resolveDimension(name, traits)
+  t.equal(seriesDriver({ all: [did] }), 0, 'a behavioural condition alone (a segment size)')
+  t.equal(seriesDriver({ all: [did] }, by('engagement')), 0, 'grouped by engagement')
+  for (const name of ['acquisition_month', 'acquisition_channel', 'country', 'device']) t.equal(seriesDriver({ all: [did] }, by(name)), 0, `grouped by ${name}`)
+  t.equal(seriesDriver({ all: [{ dimension: 'country', equals: 'DE' }, { ...did, not: true }, did, { event: 'search', atLeast: 1, inLastDays: 7 }] }, by('device')), 2, 'the first condition that is not negated, beside copied dimensions and other behavioural conditions')
+  t.equal(seriesDriver({ all: [did] }, by('events')), undefined, 'grouped by a column not copied')
+  t.equal(seriesDriver({ all: [did] }, by('trait.plan')), undefined, 'grouped by a trait')
+  t.equal(seriesDriver({ all: [did, { dimension: 'trait.plan', equals: 'pro' }] }), undefined, 'a trait condition')
+  t.equal(seriesDriver({ all: [did, { dimension: 'city', equals: 'Berlin' }] }), undefined, 'a condition on a column not copied')
+  t.equal(seriesDriver({ all: [did], active: { from: '2019-12-01T00:00:00Z' } }), undefined, 'active reads first and last seen')
+  t.equal(seriesDriver({ all: [{ ...did, not: true }] }), undefined, 'negated only: the users who did not are not in the table')
+  t.equal(seriesDriver({ all: [{ dimension: 'country', equals: 'DE' }] }), undefined, 'no behavioural condition')
+  t.equal(seriesDriver(undefined), undefined)
+  const params = new Params('alpha')
+  const sql = compileFilter({ all: [{ dimension: 'country', equals: 'DE' }, did] }, { traits, asOfDay: '2019-12-31', driver: 1 }, params).replace(/\s+/g, ' ')
+  t.equal(sql, 'p.project = $1 AND (p.country = $2::text) AND (p.name = $4::text AND p.last_day > $3::date - $5::int AND p.first_day <= $3::date'
+    + ' AND coalesce(p.cumulative[least($3::date, p.last_day) - p.first_day + 1], 0) - coalesce(p.cumulative[$3::date - $5::int - p.first_day + 1], 0) >= $6::int)',
+  'the rows of one name whose running total grew by atLeast in the window; no merged_into (the table holds live profiles only)')
+  t.same(params.values, ['alpha', 'DE', '2019-12-31', 'click_event1', 30, 2])
+  t.same(plannerSettings({ all: [did] }, 0), [], 'driven: no join to steer')
 })
 
 t.test('active [from, to): profile bounds alone with one end, the events table with both', async (t) => {
