@@ -84,6 +84,13 @@ for (const [index, target] of DATABASE_TARGETS.entries()) {
       project: project.id, stages: ['enriched', 'sessions'], keyGroups: KEY_GROUPS, time: Date.now(),
       control: { stepId: 'funnel', name: FUNNEL_ID, version: 1, definition },
     }), 2 * KEY_GROUPS, 'the definition goes into every key group of both input stages')
+    // the same funnel saved through the API, restricted to the cohort (applied where progress is
+    // counted): its control messages carry the same ids as those above, so they are stored once
+    const headers = { authorization: `Bearer ${apiKey}` }
+    const saved = await system.app.inject({
+      method: 'POST', url: '/v1/funnels', headers, payload: { ...definition, segment: { profile: [{ field: 'acquisition_month', value: expected.funnel.cohort }] } },
+    })
+    t.equal(saved.statusCode, 201, `POST /v1/funnels: ${saved.body}`)
 
     await importAll(system, apiKey, log)
 
@@ -186,6 +193,18 @@ for (const [index, target] of DATABASE_TARGETS.entries()) {
       t.same(cohortRows.filter((row) => row.level === 2).map((row) => row.id), expected.funnel.stuckAtLevel2.filter((id) => !short.has(id)), 'the users stuck at level 2')
     }
     t.same(byMonth(exactRows), wanted.months, 'users reaching each step, every acquisition month')
+
+    // the same through the API (GET /v1/funnels/:id/result and /audiences)
+    const result = await system.app.inject({ url: `/v1/funnels/${FUNNEL_ID}/result`, headers })
+    t.equal(result.statusCode, 200, result.body)
+    const shortInCohort = [...short].filter((id) => expected.perUser.find((user) => user.id === id)?.acquisitionMonth === cohort)
+    const shortCohortReached = [1, 2, 3].map((level) => shortInCohort.filter((id) => (allRows.find((row) => row.id === id)?.level ?? 0) >= level).length)
+    t.same((result.json() as { steps: { reached: number }[] }).steps.map((step, index) => step.reached - shortCohortReached[index]!), wanted.months[cohort] ?? [0, 0, 0],
+      'the API\'s result for the cohort: users reaching each step')
+    const audience = await system.app.inject({ url: `/v1/funnels/${FUNNEL_ID}/audiences?level=2&limit=1000`, headers })
+    t.equal(audience.statusCode, 200, audience.body)
+    t.same((audience.json() as { users: { canonicalId: string }[] }).users.map((user) => user.canonicalId).filter((id) => !short.has(id)).sort(),
+      expected.funnel.stuckAtLevel2.filter((id) => !short.has(id)).sort(), 'the API\'s level-2 audience: the users stuck at level 2')
     t.same(levels(exactRows), wanted.levels, 'every user\'s level')
     t.ok(exactRows.some((row) => row.level === 3) && exactRows.some((row) => row.level === 2), 'some convert, some stop at step 2: the answer is not trivial')
 

@@ -95,7 +95,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         description: 'Funnel progress per canonical user and funnel: level reached, step times, in progress or dropped (definitions arrive as control messages)',
         module: 'operators/funnel',
         inputs: [stageFilter('enriched'), stageFilter('sessions'), stageFilter('backfill')],
-        // late: events behind the operator's horizon (1 day) are refused, not applied
+        // late: events behind the operator's horizon (7 days) are refused, not applied
         outputs: [stageFilter('funnels'), stageFilter('late'), stageFilter('dlq')],
         consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
       },
