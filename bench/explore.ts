@@ -4,7 +4,7 @@
  * p95; last line: JSON, worst p95 first.
  *
  *   node bench/explore.ts [--users 1000000] [--events 20000000] [--runs 30] [--warmup 3] [--seed 1]
- *                         [--keep] [--data-dir DIR] [--reload] [--pg name=value ...] [--explain]
+ *                         [--keep] [--data-dir DIR] [--reload] [--pg name=value ...] [--explain] [--extra]
  *
  * Loading is the slow part (minutes at full scale): `--keep` keeps the cluster in
  * data/bench-explore, `--data-dir DIR` in DIR (implies --keep), and a later run on the same
@@ -16,6 +16,8 @@
  * rounds, two baselines: `SELECT count(*)` over the project's profiles and a primary-key look-up,
  * so a p95 can be judged against what this server does on this machine right now.
  * `--explain` then prints, on stderr, EXPLAIN (ANALYZE, BUFFERS) of each query's slowest statement.
+ * `--extra` adds behavioural queries beyond the issue's set (bench/explore-queries.ts, 5b-5f): they
+ * are timed, printed and listed in the JSON like the others.
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -26,7 +28,7 @@ import { openStore } from '../store/store.ts'
 import { loadDataset, type DatasetOptions } from './explore-data.ts'
 import { explainSlowest } from './explore-explain.ts'
 import { startBenchPostgres } from './explore-postgres.ts'
-import { exploreQueries } from './explore-queries.ts'
+import { exploreQueries, extraBehaviouralQueries } from './explore-queries.ts'
 
 const { values } = parseArgs({
   options: {
@@ -40,6 +42,7 @@ const { values } = parseArgs({
     reload: { type: 'boolean', default: false },
     pg: { type: 'string', multiple: true, default: [] },
     explain: { type: 'boolean', default: false },
+    extra: { type: 'boolean', default: false },
   },
 })
 const TARGET_P95_MS = 300
@@ -115,16 +118,17 @@ try {
     })
     loadSeconds = (performance.now() - started) / 1000
     profileEventDays = result.profileEventDays
-    log(`loaded in ${loadSeconds.toFixed(0)} s: COPY ${result.copySeconds.toFixed(0)} s, indexes ${result.indexSeconds.toFixed(0)} s, VACUUM ANALYZE ${result.analyzeSeconds.toFixed(0)} s; ${result.profiles.toLocaleString('en')} profiles, ${result.profileEventDays.toLocaleString('en')} profile_event_days rows, ${result.events.toLocaleString('en')} events; engagement ${JSON.stringify(result.levels)}`)
+    log(`loaded in ${loadSeconds.toFixed(0)} s: COPY ${result.copySeconds.toFixed(0)} s, indexes ${result.indexSeconds.toFixed(0)} s, profile_event_series ${result.seriesSeconds.toFixed(0)} s (${result.series.toLocaleString('en')} rows), VACUUM ANALYZE ${result.analyzeSeconds.toFixed(0)} s; ${result.profiles.toLocaleString('en')} profiles, ${result.profileEventDays.toLocaleString('en')} profile_event_days rows, ${result.events.toLocaleString('en')} events; engagement ${JSON.stringify(result.levels)}`)
     await pool.query('INSERT INTO bench_explore_dataset (seed, users, events, profile_event_days, load_s) VALUES ($1, $2, $3, $4, $5)', [dataset.seed, dataset.users, dataset.events, result.profileEventDays, loadSeconds])
   }
   const sizes = (await pool.query<{ name: string; mb: string }>(
-    `SELECT relname AS name, round(pg_total_relation_size(oid) / 1048576.0) AS mb FROM pg_class WHERE relname IN ('profiles', 'profile_event_days', 'events') ORDER BY 1`,
+    `SELECT relname AS name, round(pg_total_relation_size(oid) / 1048576.0) AS mb FROM pg_class WHERE relname IN ('profiles', 'profile_event_days', 'profile_event_series', 'events') ORDER BY 1`,
   )).rows
   log(`sizes with indexes: ${sizes.map((s) => `${s.name} ${Number(s.mb).toLocaleString('en')} MB`).join(', ')}`)
 
   // 2. The queries, taking turns
-  const queries = await exploreQueries(pool, { project: dataset.project, timezone: dataset.timezone, timeoutMs: 60_000 })
+  const context = { project: dataset.project, timezone: dataset.timezone, timeoutMs: 60_000 }
+  const queries = [...await exploreQueries(pool, context), ...(values.extra ? await extraBehaviouralQueries(pool, context) : [])]
   const someone = (await pool.query<{ canonical_id: string }>('SELECT canonical_id FROM profiles WHERE project = $1 OFFSET $2 LIMIT 1', [dataset.project, Math.floor(dataset.users / 2)])).rows[0]!.canonical_id
   const baselines = [
     { name: 'baseline: count(*) of profiles', run: () => pool.query('SELECT count(*) FROM profiles WHERE project = $1', [dataset.project]) },

@@ -367,11 +367,15 @@ export function seriesDriver(filter: Filter | undefined, groupBy?: ResolvedDimen
  * make bench-explore) instead of merging the ordered set with profiles_live_by_id; and each
  * parallel worker would read the whole set again. Not when the filter also probes events per user
  * (`active` with both ends): that probe must stay a nested loop over the events index. Nor when a
- * behavioural condition drives the statement (`seriesDriver`): no join with profiles to steer.
+ * behavioural condition drives the statement (`seriesDriver`): no join with profiles to steer, and
+ * the parallel scan of one name's rows halves the time, unless other behavioural conditions are
+ * hashed sets each worker would build again ("and not search in 30 days" beside query 5: 416 -> 154 ms).
  */
 export function plannerSettings(filter: Filter | undefined, driver?: number): string[] {
-  if (driver !== undefined) return []
-  const semiJoin = (filter?.all ?? []).some((condition) => typeof condition === 'object' && condition !== null && isEventCondition(condition) && condition.not !== true)
+  const events = (filter?.all ?? []).filter((condition) => typeof condition === 'object' && condition !== null && isEventCondition(condition))
+  // driven with other behavioural conditions: each parallel worker would build their hashed sets again
+  if (driver !== undefined) return events.length > 1 ? ['SET LOCAL max_parallel_workers_per_gather = 0'] : []
+  const semiJoin = events.some((condition) => condition.not !== true)
   const eventsProbe = filter?.active?.from !== undefined && filter?.active?.to !== undefined
   if (!semiJoin || eventsProbe) return []
   return ['SET LOCAL enable_nestloop = off', 'SET LOCAL max_parallel_workers_per_gather = 0']

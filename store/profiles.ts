@@ -64,6 +64,43 @@ const DELETE_DAYS = `DELETE FROM profile_event_days d USING unnest($1::text[], $
 const INSERT_DAYS = `INSERT INTO profile_event_days (project, canonical_id, day, name, count)
   SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::text[], $5::int[])`
 
+/**
+ * profile_event_series (migration 0012, what behavioural conditions read) is kept by triggers on
+ * profiles and profile_event_days; within an upsert they stand aside (this setting, for the
+ * transaction) and the written users' rows are replaced here, computed from the rows in hand: the
+ * same rows as the migration's profile_event_series_rebuild (test/explore-series.test.ts checks both).
+ */
+const SERIES_BY_WRITER = `SET LOCAL segstream.series_by_writer = 'on'`
+const DELETE_SERIES = `DELETE FROM profile_event_series s USING unnest($1::text[], $2::text[]) AS t(project, canonical_id)
+  WHERE s.project = t.project AND s.canonical_id = t.canonical_id`
+// the running totals travel as array literals, one per row (unnest would flatten an array of arrays)
+const INSERT_SERIES = `INSERT INTO profile_event_series (project, name, canonical_id, first_day, last_day, cumulative,
+    engagement_level, acquisition_month, acquisition_channel, country, device_type)
+  SELECT project, name, canonical_id, first_day, last_day, cumulative::integer[], engagement_level, acquisition_month, acquisition_channel, country, device_type
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::date[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+      AS t(project, name, canonical_id, first_day, last_day, cumulative, engagement_level, acquisition_month, acquisition_channel, country, device_type)`
+const DAY_MS = 86_400_000
+
+/**
+ * A live user's rows of profile_event_series, one per event name: the days from its first to its
+ * last with events, each holding the running total of the name's counts up to that day.
+ */
+export function seriesRows(user: ProfileRow): unknown[][] {
+  if (user.mergedInto !== null) return []
+  const byName = new Map<string, ProfileDayCount[]>()
+  for (const day of user.days) byName.set(day.name, [...(byName.get(day.name) ?? []), day])
+  return [...byName].map(([name, days]) => {
+    const sorted = days.map((day) => ({ at: Date.parse(`${day.day}T00:00:00Z`) / DAY_MS, count: day.count, day: day.day })).sort((a, b) => a.at - b.at)
+    const first = sorted[0]!
+    const last = sorted[sorted.length - 1]!
+    const totals = new Array<number>(last.at - first.at + 1).fill(0)
+    for (const day of sorted) totals[day.at - first.at]! += day.count
+    for (let i = 1; i < totals.length; i++) totals[i]! += totals[i - 1]!
+    return [user.project, name, user.canonicalId, first.day, last.day, `{${totals.join(',')}}`,
+      user.engagementLevel, user.acquisitionMonth, user.acquisitionChannel, user.country, user.deviceType]
+  })
+}
+
 const date = (ms: number | null) => (ms === null ? null : new Date(ms))
 
 /** The newest version of each user among `rows`: a batch may hold several. */
@@ -97,13 +134,19 @@ export function profileStore(withClient: WithClient) {
       return withClient(async (client) => {
         await client.query('BEGIN')
         try {
+          // profile_event_series (migration 0012): its triggers stand aside, the users are rebuilt once below
+          await client.query(SERIES_BY_WRITER)
           const written = await client.query<{ project: string; canonical_id: string }>(UPSERT_PROFILES, columns)
           if (written.rows.length > 0) {
             const byUser = new Map(newest.map((row) => [`${row.project}\u0000${row.canonicalId}`, row]))
             const users = written.rows.map((row) => byUser.get(`${row.project}\u0000${row.canonical_id}`)!)
-            await client.query(DELETE_DAYS, [users.map((u) => u.project), users.map((u) => u.canonicalId)])
+            const keys = [users.map((u) => u.project), users.map((u) => u.canonicalId)]
+            await client.query(DELETE_DAYS, keys)
             const days = users.flatMap((user) => user.days.map((day) => [user.project, user.canonicalId, day.day, day.name, day.count] as const))
             if (days.length > 0) await client.query(INSERT_DAYS, [0, 1, 2, 3, 4].map((c) => days.map((day) => day[c])))
+            await client.query(DELETE_SERIES, keys)
+            const series = users.flatMap(seriesRows)
+            if (series.length > 0) await client.query(INSERT_SERIES, series[0]!.map((_, c) => series.map((row) => row[c])))
           }
           await client.query('COMMIT')
           return written.rows.length

@@ -10,8 +10,15 @@
 -- only the rows of one event name. Merged profiles (merged_into set) have no rows.
 --
 -- Kept by statement-level triggers on profile_event_days and profiles (as profile_traits is, 0006):
--- whatever writes them (the profiles sink, a test, a COPY), one statement per trigger event, never a
--- statement per row.
+-- whatever writes them (a test, an import, plain SQL), one statement per trigger event, never a
+-- statement per row. The profiles sink (store/profiles.ts), which replaces a batch's profiles and
+-- their day rows in one transaction, sets segstream.series_by_writer = 'on' for it (SET LOCAL): the
+-- triggers then leave it alone and it rebuilds its users once at the end
+-- (profile_event_series_rebuild), instead of three times (profiles updated, days deleted, inserted).
+--
+-- The array has a place for every day from first_day to last_day, which the profile step keeps
+-- at most dayHistory (default 90) days apart; the index below holds it, so a dayHistory of more
+-- than ~500 days would make some index rows larger than a btree takes (2,700 bytes).
 CREATE TABLE IF NOT EXISTS profile_event_series (
   project             text    NOT NULL,
   name                text    NOT NULL,
@@ -73,6 +80,8 @@ $$;
 -- the new version's: the first finds nothing left and only deletes).
 CREATE OR REPLACE FUNCTION profile_event_series_on_days() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+  -- the profiles sink rebuilds its batch's users itself, once, at the end of its transaction
+  IF current_setting('segstream.series_by_writer', true) = 'on' THEN RETURN NULL; END IF;
   PERFORM profile_event_series_rebuild(array_agg(project), array_agg(canonical_id))
      FROM (SELECT DISTINCT project, canonical_id FROM changed) u HAVING count(*) > 0;
   RETURN NULL;
@@ -81,6 +90,8 @@ $$;
 -- An UPDATE of day rows (nobody does; for completeness) may move them between users.
 CREATE OR REPLACE FUNCTION profile_event_series_on_days_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+  -- the profiles sink rebuilds its batch's users itself, once, at the end of its transaction
+  IF current_setting('segstream.series_by_writer', true) = 'on' THEN RETURN NULL; END IF;
   PERFORM profile_event_series_rebuild(array_agg(project), array_agg(canonical_id))
      FROM (SELECT project, canonical_id FROM changed UNION SELECT project, canonical_id FROM before) u HAVING count(*) > 0;
   RETURN NULL;
@@ -101,6 +112,8 @@ CREATE TRIGGER profile_event_series_on_days_update AFTER UPDATE ON profile_event
 -- user live again (merged_into cleared) rebuilt. Profiles deleted: their rows.
 CREATE OR REPLACE FUNCTION profile_event_series_on_profiles_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+  -- the profiles sink rebuilds its batch's users itself, once, at the end of its transaction
+  IF current_setting('segstream.series_by_writer', true) = 'on' THEN RETURN NULL; END IF;
   PERFORM profile_event_series_rebuild(array_agg(project), array_agg(canonical_id))
      FROM written WHERE merged_into IS NULL HAVING count(*) > 0;
   RETURN NULL;
@@ -108,6 +121,8 @@ END
 $$;
 CREATE OR REPLACE FUNCTION profile_event_series_on_profiles_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+  -- the profiles sink rebuilds its batch's users itself, once, at the end of its transaction
+  IF current_setting('segstream.series_by_writer', true) = 'on' THEN RETURN NULL; END IF;
   DELETE FROM profile_event_series s USING written w
    WHERE w.merged_into IS NOT NULL AND s.project = w.project AND s.canonical_id = w.canonical_id;
   UPDATE profile_event_series s
@@ -125,6 +140,8 @@ END
 $$;
 CREATE OR REPLACE FUNCTION profile_event_series_on_profiles_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+  -- the profiles sink rebuilds its batch's users itself, once, at the end of its transaction
+  IF current_setting('segstream.series_by_writer', true) = 'on' THEN RETURN NULL; END IF;
   DELETE FROM profile_event_series s USING gone g WHERE s.project = g.project AND s.canonical_id = g.canonical_id;
   RETURN NULL;
 END

@@ -93,6 +93,7 @@ t.test('a behavioural condition drives the statement from profile_event_series w
   'the rows of one name whose running total grew by atLeast in the window; no merged_into (the table holds live profiles only)')
   t.same(params.values, ['alpha', 'DE', '2019-12-31', 'click_event1', 30, 2])
   t.same(plannerSettings({ all: [did] }, 0), [], 'driven: no join to steer')
+  t.same(plannerSettings({ all: [did, { ...did, event: 'search', not: true }] }, 0), ['SET LOCAL max_parallel_workers_per_gather = 0'], 'driven beside another behavioural condition: its hashed set built once')
 })
 
 t.test('active [from, to): profile bounds alone with one end, the events table with both', async (t) => {
