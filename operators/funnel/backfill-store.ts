@@ -22,6 +22,8 @@ export interface BackfillProgress {
   phase?: string
   /** Users seeded (when done). */
   seeds?: number
+  /** History inputs the funnel logic refused as too late (behind its horizon), as the live step would have. */
+  late?: number
   /** History the run could not read, said out loud (docs/funnels.md, "Backfill"). */
   unread?: string
 }

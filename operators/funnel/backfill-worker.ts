@@ -102,6 +102,9 @@ async function runBackfill(options: BackfillWorkerOptions, claimed: ClaimedBackf
     progress.state = 'done'
     progress.total = progress.done
     progress.seeds = published
+    // inputs the logic refused as too late for the horizon, as the live step would have: said, not hidden
+    if (seeds.counters.late > 0) progress.late = seeds.counters.late
+    if (seeds.refused.length > 0) logger.warn({ late: seeds.counters.late, deadLettered: seeds.counters.deadLettered, first: seeds.refused }, 'funnel backfill: history inputs refused by the funnel logic')
     delete progress.phase
     await report(true)
     logger.info({ messages: progress.done, seeds: published, ms: Date.now() - started, ...(progress.unread ? { unread: progress.unread } : {}) }, 'funnel backfill done')
@@ -159,34 +162,22 @@ async function computeSeeds(
   const enriched = inputs.find((input) => input.stage === 'enriched')
   // session messages are held per key group and fed in event-time order beside the events (as the
   // live step takes both stages at once), so a session's start is not behind the events' watermark
-  const held = new Map<number, { time: number; message: InputMessage }[]>()
   if (sessions) {
-    await readUntilControl(options, claimed, sessions, signal, async (keyGroup, time, message) => {
-      let list = held.get(keyGroup)
-      if (list === undefined) held.set(keyGroup, (list = []))
-      list.push({ time, message })
+    await readUntilControl(options, claimed, sessions, signal, async (_keyGroup, type, time, message) => {
+      computer.hold(message, time, type)
       progress.done++
       await report()
     })
-    for (const list of held.values()) list.sort((a, b) => a.time - b.time)
-  }
-  const next = new Map<number, number>()
-  const flush = (keyGroup: number, until: number) => {
-    const list = held.get(keyGroup)
-    if (list === undefined) return
-    let at = next.get(keyGroup) ?? 0
-    while (at < list.length && list[at]!.time <= until) computer.apply(list[at++]!.message)
-    next.set(keyGroup, at)
+    computer.sortHeld()
   }
   if (enriched) {
-    await readUntilControl(options, claimed, enriched, signal, async (keyGroup, time, message) => {
-      flush(keyGroup, time)
-      computer.apply(message)
+    await readUntilControl(options, claimed, enriched, signal, async (_keyGroup, type, time, message) => {
+      computer.applyEvent(message, type, time)
       progress.done++
       await report()
     })
   }
-  for (const keyGroup of held.keys()) flush(keyGroup, Number.POSITIVE_INFINITY)
+  computer.finish()
   return computer
 }
 
@@ -196,7 +187,7 @@ async function computeSeeds(
  */
 async function readUntilControl(
   options: BackfillWorkerOptions, claimed: ClaimedBackfill, input: { stream: string; stage: Stage }, signal: AbortSignal,
-  apply: (keyGroup: number, time: number, message: InputMessage) => Promise<void>,
+  apply: (keyGroup: number, type: string, time: number, message: InputMessage) => Promise<void>,
 ): Promise<void> {
   const js = jetstream(options.nc)
   const controlId = controlEnvelopeId(claimed.funnelId, claimed.version)
@@ -228,7 +219,7 @@ async function readUntilControl(
         }
         if (peeked.control.version > claimed.version) throw new Superseded(`version ${peeked.control.version} came before this version's control message in key group ${keyGroup}`)
       }
-      await apply(keyGroup, peeked.time, { stream: input.stream, seq: message.seq, subject, data: message.data })
+      await apply(keyGroup, peeked.type, peeked.time, { stream: input.stream, seq: message.seq, subject, data: message.data })
     }
   } finally {
     clearTimeout(quiet)

@@ -4,7 +4,7 @@ import type { FunnelDefinition } from '../../schemas/funnel.ts'
 import { keyGroupOf, parseSubject, subjectFor, type Stage } from '../../topology/subjects.ts'
 import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type KernelCounters, type KernelOptions, type KeyGroupState } from '../runtime/kernel.ts'
 import type { Operator, StepResult } from '../runtime/operator.ts'
-import { applyFunnelControl, createFunnel, FUNNEL_STEP_ID, SESSION_START, type FunnelInput, type FunnelOptions, type FunnelState } from './logic.ts'
+import { applyFunnelControl, createFunnel, DEFAULT_FUNNEL_HORIZON_MS, DEFAULT_MAX_EVENTS, FUNNEL_STEP_ID, SESSION_START, type FunnelInput, type FunnelOptions, type FunnelState } from './logic.ts'
 
 /**
  * The pure half of a funnel backfill (docs/funnels.md, "Backfill"): the funnel step's own kernel
@@ -13,6 +13,9 @@ import { applyFunnelControl, createFunnel, FUNNEL_STEP_ID, SESSION_START, type F
  * their seed: published as a `merge_state` message on the `backfill` stage, the step merges it into
  * what it tracked live since the control message.
  */
+
+/** Held session messages are applied under this stream name, numbered in the order they are applied. */
+const HELD_SESSIONS_STREAM = 'SEG_SESSIONS:by-time'
 
 /** The stage seeds go on: read by the funnel step only. */
 export const BACKFILL_STAGE = 'backfill' satisfies Stage
@@ -38,7 +41,18 @@ export interface SeedComputerOptions {
   latenessMs: number
   /** The funnel step's idle TTL of a key, ms of event time. */
   idleTtlMs: number
+  /**
+   * How far behind the watermark history events are still applied, ms; at least the step's own
+   * horizon. Default 30 days (`DEFAULT_REPLAY_HORIZON_MS`): a stream's order is only roughly event
+   * time (enrich's lanes in a fast import run days apart), and history is replayed once.
+   */
+  replayHorizonMs?: number
 }
+
+/** See {@link SeedComputerOptions.replayHorizonMs}. */
+export const DEFAULT_REPLAY_HORIZON_MS = 30 * 86_400_000
+/** Events kept per (user, funnel) while replaying: the replay horizon's worth for all but the busiest users. */
+const REPLAY_MAX_EVENTS = 4_096
 
 /** One user's seed: what the funnel step merges into their state. */
 export interface Seed {
@@ -56,7 +70,11 @@ export interface Seed {
  * funnel version).
  */
 function seedingOperator(options: SeedComputerOptions): Operator<FunnelState, FunnelInput> {
-  const logic = createFunnel({ ...options.funnel, keyGroups: options.keyGroups })
+  const logic = createFunnel({
+    ...options.funnel, keyGroups: options.keyGroups,
+    horizonMs: Math.max(options.funnel?.horizonMs ?? DEFAULT_FUNNEL_HORIZON_MS, options.replayHorizonMs ?? DEFAULT_REPLAY_HORIZON_MS),
+    maxEvents: Math.max(options.funnel?.maxEvents ?? DEFAULT_MAX_EVENTS, REPLAY_MAX_EVENTS),
+  })
   const quiet = (result: StepResult<FunnelState>): StepResult<FunnelState> => (result.emit.length === 0 ? result : { ...result, emit: [] })
   return {
     stepId: logic.stepId,
@@ -82,6 +100,7 @@ export function createSeedComputer(options: SeedComputerOptions) {
   const groups = new Map<number, KeyGroupState<FunnelState>>()
   const counters: KernelCounters = newCounters()
   let mergeSeq = 0
+  const refused: Array<{ stage: string; keyGroup: number; type: string; id: string; key: string; time: string }> = []
   const groupOf = (keyGroup: number) => {
     let group = groups.get(keyGroup)
     if (group === undefined) {
@@ -94,16 +113,66 @@ export function createSeedComputer(options: SeedComputerOptions) {
   const run = (keyGroup: number, message: InputMessage) => {
     for (const out of processMessage(operator, groupOf(keyGroup), message, kernelOptions, counters)) {
       const target = parseSubject(out.subject)
-      // only a merge's state crosses key groups; late inputs and dead letters stay the live step's business
-      if (target.keyGroup === keyGroup || target.stage === 'late' || target.stage === 'dlq') continue
+      if (target.stage === 'late' || target.stage === 'dlq') {
+        // the history's own refusals (the live step made them, or would have): the first few are named in the log
+        if (refused.length < 10) {
+          const envelope = decode(out.data) as { type: string; id: string; time: number; key: string }
+          refused.push({ stage: target.stage, keyGroup, type: envelope.type, id: envelope.id, key: envelope.key, time: new Date(envelope.time).toISOString() })
+        }
+        continue
+      }
+      // only a merge's state crosses key groups
+      if (target.keyGroup === keyGroup) continue
       run(target.keyGroup, { stream: '$backfill-merges', seq: ++mergeSeq, subject: out.subject, data: out.data })
     }
   }
+  // session messages held per key group, fed in event-time order beside the events (docs/funnels.md, "Backfill")
+  const held = new Map<number, { time: number; message: InputMessage }[]>()
+  const next = new Map<number, number>()
+  let heldSeq = 0
+  const flush = (keyGroup: number, until: number) => {
+    const list = held.get(keyGroup)
+    if (list === undefined) return
+    let at = next.get(keyGroup) ?? 0
+    while (at < list.length && list[at]!.time <= until) {
+      // numbered in the order they are applied: the kernel skips a sequence at or below one it has applied
+      const { message } = list[at++]!
+      run(keyGroup, { ...message, stream: HELD_SESSIONS_STREAM, seq: ++heldSeq })
+    }
+    next.set(keyGroup, at)
+  }
   return {
     counters,
+    /** The first history inputs refused (too late, or dead-lettered), for the log. */
+    refused,
     /** One history message of a key group (control messages are skipped: the definitions are fixed). */
     apply(message: InputMessage): void {
       run(parseSubject(message.subject).keyGroup, message)
+    },
+    /** A message of the sessions stage, held until the events of its key group reach its time (`sortHeld` first). */
+    hold(message: InputMessage, time: number, type = 'session'): void {
+      if (type === 'watermark') return
+      const keyGroup = parseSubject(message.subject).keyGroup
+      let list = held.get(keyGroup)
+      if (list === undefined) held.set(keyGroup, (list = []))
+      list.push({ time, message })
+    },
+    /** Once every session message is held: orders each key group's by event time (stable: a session's versions keep their order at equal times). */
+    sortHeld(): void {
+      for (const list of held.values()) list.sort((a, b) => a.time - b.time)
+    },
+    /** An event of the events stage at `time`: the held session messages up to it go first. Other messages (controls, watermarks, merges) carry other times. */
+    applyEvent(message: InputMessage, type: string, time: number): void {
+      // watermark messages only fire timers, which the seeds do without; the collector's run ahead of
+      // a key group's events in a fast import and would make them late here (docs/funnels.md, "Backfill")
+      if (type === 'watermark') return
+      const keyGroup = parseSubject(message.subject).keyGroup
+      if (type === 'enriched_event') flush(keyGroup, time)
+      run(keyGroup, message)
+    },
+    /** After the last event: the session messages still held. */
+    finish(): void {
+      for (const keyGroup of [...held.keys()].sort((a, b) => a - b)) flush(keyGroup, Number.POSITIVE_INFINITY)
     },
     /** Every user with something tracked for the funnel version, key group by key group. */
     *seeds(): Generator<Seed> {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import t from 'tap'
-import { createSeedComputer, seedMessage } from '../../operators/funnel/backfill.ts'
+import { createSeedComputer, peekMessage, seedMessage } from '../../operators/funnel/backfill.ts'
 import { createFunnel, type FunnelOptions, type FunnelState } from '../../operators/funnel/logic.ts'
 import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type KeyGroupState } from '../../operators/runtime/kernel.ts'
 import { decode, encode } from '../../schemas/codec.ts'
@@ -151,10 +151,16 @@ function runStep(messages: Stored[], funnel: Partial<FunnelOptions>, groups = ne
 function seedsOver(definition: FunnelDefinition, history: Stored[], funnel: Partial<FunnelOptions>, redirect: (user: string) => string = (user) => user): Stored[] {
   const computer = createSeedComputer({ project: PROJECT, funnelId: 'f', version: 1, definition, keyGroups: KEY_GROUPS, funnel, latenessMs: 0, idleTtlMs: Number.POSITIVE_INFINITY })
   const sequences: Record<string, number> = {}
-  for (const message of history) {
-    const seq = (sequences[message.stream] = (sequences[message.stream] ?? 0) + 1)
-    computer.apply({ stream: message.stream, seq, subject: message.subject, data: message.data })
+  // as the worker reads them: the sessions stream first (held), then the events, the held sessions going in by event time
+  const numbered = history.map((message) => ({ stream: message.stream, seq: (sequences[message.stream] = (sequences[message.stream] ?? 0) + 1), subject: message.subject, data: message.data }))
+  for (const message of numbered) if (message.stream === 'SEG_SESSIONS') computer.hold(message, peekMessage(message.data).time)
+  computer.sortHeld()
+  for (const message of numbered) {
+    if (message.stream === 'SEG_SESSIONS') continue
+    const peeked = peekMessage(message.data)
+    computer.applyEvent(message, peeked.type, peeked.time)
   }
+  computer.finish()
   return [...computer.seeds()].map((seed) => {
     const message = seedMessage(PROJECT, seed, redirect(seed.user), KEY_GROUPS)
     // a round trip through msgpack, as through the stream
@@ -329,4 +335,39 @@ t.test('session starts: a session moved after the control message counts where i
   t.same(comparable(run.latest.get('u1')), { level: 1, status: 'dropped', stepTimes: [MINUTE] })
   const before = runStep([...controlsOf(sessionFunnel, 'SEG_ENRICHED'), ...controlsOf(sessionFunnel, 'SEG_SESSIONS'), asStored(opened.envelope), asStored(moved.envelope), step], {})
   t.same(comparable(run.latest.get('u1')), comparable(before.latest.get('u1')), 'as when defined before')
+})
+
+t.test('with another funnel already in force (the state knows the sessions), a seed still merges', async (t) => {
+  const sessionFunnel = (id: string): FunnelDefinition => ({ id, name: id, steps: [{ event: '$session_start' }, { event: 'b' }], windowMs: 10 * MINUTE })
+  const keyGroup = keyGroupOf('u1', KEY_GROUPS)
+  const asStored = (envelope: AnyEnvelope): Stored => ({ stream: 'SEG_SESSIONS', keyGroup, subject: subjectFor(PROJECT, 'sessions', keyGroup), data: encode({ ...envelope, keyGroup }) })
+  const controls = (definition: FunnelDefinition) => [...controlsOf(definition, 'SEG_ENRICHED'), ...controlsOf(definition, 'SEG_SESSIONS')].map((message) => {
+    const envelope = decode(message.data) as ControlEnvelope
+    return { ...message, data: encode({ ...envelope, id: `funnel:${definition.id}:1`, key: definition.id, data: { ...envelope.data, name: definition.id } }) }
+  })
+  const session = asStored(sessionInput({ user: 'u1', opened: MINUTE }).envelope)
+  const page = storedOf({ user: 'u1', time: MINUTE, name: '$page', session: false, id: 'e1' })
+  const click = storedOf({ user: 'u1', time: 2 * MINUTE, name: 'b', session: false, id: 'e2' })
+  const computer = createSeedComputer({ project: PROJECT, funnelId: 'after', version: 1, definition: sessionFunnel('after'), keyGroups: KEY_GROUPS, latenessMs: 0, idleTtlMs: Number.POSITIVE_INFINITY })
+  let seq = 0
+  for (const message of [...controls(sessionFunnel('before')), session, page]) computer.apply({ stream: message.stream, seq: ++seq, subject: message.subject, data: message.data })
+  const seeds = [...computer.seeds()].map((seed) => seedMessage(PROJECT, seed, seed.user, KEY_GROUPS)).map((message) => ({ stream: 'SEG_BACKFILL' as const, keyGroup, subject: message.subject, data: message.data }))
+  t.equal(seeds.length, 1)
+  const operator = createFunnel({ keyGroups: KEY_GROUPS })
+  const groups = new Map<number, KeyGroupState<FunnelState>>()
+  const options = { stepId: 'funnel', latenessOf: () => 0, idleTtlMs: Number.POSITIVE_INFINITY, clock: () => 0, keyGroups: KEY_GROUPS }
+  const progress: FunnelProgress[] = []
+  const sequences: Record<string, number> = {}
+  for (const message of [...controls(sessionFunnel('before')), session, page, ...controls(sessionFunnel('after')), click, ...seeds]) {
+    let group = groups.get(message.keyGroup)
+    if (!group) groups.set(message.keyGroup, (group = emptyKeyGroup<FunnelState>(message.keyGroup, 0)))
+    const next = (sequences[message.stream] = (sequences[message.stream] ?? 0) + 1)
+    for (const out of processMessage(operator, group, { stream: message.stream, seq: next, subject: message.subject, data: message.data }, options, newCounters())) {
+      const envelope = decode(out.data) as AnyEnvelope
+      if (envelope.type === 'funnel_progress') progress.push(envelope.data)
+    }
+  }
+  const last = (id: string) => progress.filter((item) => item.funnelId === id).at(-1)
+  t.same(comparable(last('before')), { level: 2, status: 'converted', stepTimes: [MINUTE, 2 * MINUTE] })
+  t.same(comparable(last('after')), comparable(last('before')), 'the backfilled funnel as the one defined before')
 })
