@@ -420,7 +420,10 @@ export function replay(funnel: CompiledFunnel, track: Track): MatchState {
 function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits, watermark: number): Track {
   const count = track.t.length
   if (count === 0) return track
-  const oldest = watermark - limits.horizonMs
+  // behind the watermark and behind the user's own newest event: a user whose inputs come weeks
+  // behind the key group's watermark (a fast import, where lanes run apart in event time) keeps
+  // the horizon of their own time, so their next session start is not refused as late
+  const oldest = Math.min(watermark, track.t[count - 1]!) - limits.horizonMs
   let drop = count > limits.maxEvents ? count - limits.maxEvents : 0
   while (drop < count && track.t[drop]! < oldest) drop++
   if (drop === 0) return track
