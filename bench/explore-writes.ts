@@ -5,13 +5,16 @@
  * below, with the triggers disabled), batch by batch in turns, on a fresh PostgreSQL cluster
  * (test/harness/postgres.ts, default server settings).
  *
- *   node bench/explore-writes.ts [--users 20000] [--batch 2000] [--rounds 10] [--seed 1] [--no-triggers]
+ *   node bench/explore-writes.ts [--users 20000] [--batch 2000] [--rounds 10] [--seed 1] [--no-triggers] [--workload events|replace]
  *
  * The users are written once (their first version, triggers on), then every round writes the next
  * version of one batch of them with each setting: a new version replaces a user's profile and its
  * per-day counts, which is what the sink does for every profile change (batches of 2,000, the
- * sink-profiles consumer's batch size). Each user has 3-25 day rows over 1-5 event names within
- * 90 days. Prints each setting's p50 / max per batch and per profile; last line JSON.
+ * sink-profiles consumer's batch size). Each user starts with 3-25 day rows over 1-5 event names
+ * within 90 days. Its next version (`--workload events`, the default) has 1-3 more events of one of
+ * its names on its last day, as a profile change does; `--workload replace` draws every day row
+ * anew (every series row of the user changes). Prints each setting's p50 / max per batch and per
+ * profile; last line JSON.
  * `--no-triggers`: the table's triggers disabled for both (the sink writes the series rows itself
  * anyway): what capturing their transition tables costs the sink.
  */
@@ -29,11 +32,14 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '10' },
     seed: { type: 'string', default: '1' },
     'no-triggers': { type: 'boolean', default: false },
+    workload: { type: 'string', default: 'events' },
   },
 })
 const USERS = Number(values.users)
 const BATCH = Number(values.batch)
 const ROUNDS = Number(values.rounds)
+const WORKLOAD = values.workload
+if (WORKLOAD !== 'events' && WORKLOAD !== 'replace') throw new Error(`--workload is events or replace, not ${JSON.stringify(WORKLOAD)}`)
 let state = Number(values.seed) >>> 0 || 1
 const random = () => {
   // xorshift32: the same users for the same seed
@@ -66,6 +72,25 @@ function profile(user: number, version: number): ProfileRow {
     deviceType: random() < 0.5 ? 'mobile' : 'desktop', browser: 'Chrome', os: 'Android', country: COUNTRIES[Math.floor(random() * COUNTRIES.length)]!,
     city: null, events: 20 * version, sessions: version, engagementLevel: LEVELS[Math.floor(random() * LEVELS.length)]!, engagementScore: 50,
     engagementAsOf: FIRST_DAY + 89 * 86_400_000, traits: { plan: 'pro' }, mergedInto: null, version, profilesSeq: version, days: days(),
+  }
+}
+
+/**
+ * `--workload events`: the next version as the profile step makes one, the user's last profile
+ * with 1-3 more events of one of its names on its last day (its other names' counts unchanged),
+ * the engagement level changed one time in ten.
+ */
+function nextVersion(last: ProfileRow): ProfileRow {
+  const lastDay = last.days.reduce((max, day) => (day.day > max ? day.day : max), '')
+  const name = last.days[Math.floor(random() * last.days.length)]!.name
+  const added = 1 + Math.floor(random() * 3)
+  const found = last.days.some((day) => day.day === lastDay && day.name === name)
+  const days = found
+    ? last.days.map((day) => (day.day === lastDay && day.name === name ? { ...day, count: day.count + added } : day))
+    : [...last.days, { day: lastDay, name, count: added }]
+  return {
+    ...last, days, events: last.events + added, version: last.version + 1, profilesSeq: last.profilesSeq + 1,
+    engagementLevel: random() < 0.1 ? LEVELS[Math.floor(random() * LEVELS.length)]! : last.engagementLevel,
   }
 }
 
@@ -119,10 +144,8 @@ try {
   const setTriggers = async (on: boolean) => {
     for (const [table, trigger] of TRIGGERS) await pool.query(`ALTER TABLE ${table} ${on ? 'ENABLE' : 'DISABLE'} TRIGGER ${trigger}`)
   }
-  const versions = new Array<number>(USERS).fill(1)
-  for (let start = 0; start < USERS; start += BATCH) {
-    await store.upsertProfiles(Array.from({ length: Math.min(BATCH, USERS - start) }, (_, i) => profile(start + i, 1)))
-  }
+  const latest: ProfileRow[] = Array.from({ length: USERS }, (_, user) => profile(user, 1))
+  for (let start = 0; start < USERS; start += BATCH) await store.upsertProfiles(latest.slice(start, start + BATCH))
   await pool.query('VACUUM ANALYZE profiles, profile_event_days, profile_event_series')
   const dayRows = Number((await pool.query<{ n: string }>('SELECT count(*) AS n FROM profile_event_days')).rows[0]!.n)
   process.stderr.write(`${USERS.toLocaleString('en')} users, ${dayRows.toLocaleString('en')} day rows written; ${ROUNDS} rounds of a ${BATCH}-profile batch per setting\n`)
@@ -135,7 +158,9 @@ try {
       await setTriggers(!values['no-triggers'] && setting === 'with_series')
       const batch = Array.from({ length: BATCH }, () => {
         const user = next++ % USERS
-        return profile(user, ++versions[user]!)
+        const version = WORKLOAD === 'events' ? nextVersion(latest[user]!) : profile(user, latest[user]!.version + 1)
+        latest[user] = version
+        return version
       })
       const started = performance.now()
       const written = setting === 'with_series' ? await store.upsertProfiles(batch) : await upsertBefore0012(pool, batch)
@@ -151,7 +176,7 @@ try {
     const p50 = sorted[Math.floor((sorted.length - 1) / 2)]!
     return { p50_ms: Math.round(p50), max_ms: Math.round(sorted.at(-1)!), p50_us_per_profile: Math.round((1000 * p50) / BATCH) }
   }
-  const result = { users: USERS, day_rows: dayRows, batch: BATCH, rounds: ROUNDS, with_series: figure(samples.with_series), without_series: figure(samples.without_series) }
+  const result = { users: USERS, day_rows: dayRows, batch: BATCH, rounds: ROUNDS, workload: WORKLOAD, triggers: !values['no-triggers'], with_series: figure(samples.with_series), without_series: figure(samples.without_series) }
   for (const setting of ['without_series', 'with_series'] as const) {
     const f = result[setting]
     console.log(`${setting.padEnd(15)} p50 ${String(f.p50_ms).padStart(5)} ms  max ${String(f.max_ms).padStart(5)} ms  per profile ${f.p50_us_per_profile} µs`)

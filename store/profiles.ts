@@ -67,18 +67,27 @@ const INSERT_DAYS = `INSERT INTO profile_event_days (project, canonical_id, day,
 /**
  * profile_event_series (migration 0012, what behavioural conditions read) is kept by triggers on
  * profiles and profile_event_days; within an upsert they stand aside (this setting, for the
- * transaction) and the written users' rows are replaced here, computed from the rows in hand: the
- * same rows as the migration's profile_event_series_rebuild (test/explore-series.test.ts checks both).
+ * transaction) and the written users' rows are brought up to date here, computed from the rows in
+ * hand: the same rows as the migration's profile_event_series_rebuild (test/explore-series.test.ts
+ * checks both); rows that did not change are not written.
  */
 const SERIES_BY_WRITER = `SET LOCAL segstream.series_by_writer = 'on'`
+// the written users' rows of names they no longer have (all of them for a user merged away)
 const DELETE_SERIES = `DELETE FROM profile_event_series s USING unnest($1::text[], $2::text[]) AS t(project, canonical_id)
-  WHERE s.project = t.project AND s.canonical_id = t.canonical_id`
-// the running totals travel as array literals, one per row (unnest would flatten an array of arrays)
-const INSERT_SERIES = `INSERT INTO profile_event_series (project, name, canonical_id, first_day, last_day, cumulative,
-    engagement_level, acquisition_month, acquisition_channel, country, device_type)
+  WHERE s.project = t.project AND s.canonical_id = t.canonical_id
+    AND NOT EXISTS (SELECT 1 FROM unnest($3::text[], $4::text[], $5::text[]) AS k(project, canonical_id, name)
+                     WHERE k.project = s.project AND k.canonical_id = s.canonical_id AND k.name = s.name)`
+// a row written only when it changed: a new version usually adds events to one name, the user's
+// other names keep their rows untouched. The running totals travel as array literals, one per row
+// (unnest would flatten an array of arrays).
+const SERIES_COLUMNS = ['project', 'name', 'canonical_id', 'first_day', 'last_day', 'cumulative', 'engagement_level', 'acquisition_month', 'acquisition_channel', 'country', 'device_type']
+const SERIES_VALUES = SERIES_COLUMNS.slice(3)
+const UPSERT_SERIES = `INSERT INTO profile_event_series (${SERIES_COLUMNS.join(', ')})
   SELECT project, name, canonical_id, first_day, last_day, cumulative::integer[], engagement_level, acquisition_month, acquisition_channel, country, device_type
     FROM unnest($1::text[], $2::text[], $3::text[], $4::date[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-      AS t(project, name, canonical_id, first_day, last_day, cumulative, engagement_level, acquisition_month, acquisition_channel, country, device_type)`
+      AS t(${SERIES_COLUMNS.join(', ')})
+  ON CONFLICT (project, canonical_id, name) DO UPDATE SET ${SERIES_VALUES.map((column) => `${column} = EXCLUDED.${column}`).join(', ')}
+  WHERE (${SERIES_VALUES.map((column) => `profile_event_series.${column}`).join(', ')}) IS DISTINCT FROM (${SERIES_VALUES.map((column) => `EXCLUDED.${column}`).join(', ')})`
 const DAY_MS = 86_400_000
 
 /**
@@ -144,9 +153,9 @@ export function profileStore(withClient: WithClient) {
             await client.query(DELETE_DAYS, keys)
             const days = users.flatMap((user) => user.days.map((day) => [user.project, user.canonicalId, day.day, day.name, day.count] as const))
             if (days.length > 0) await client.query(INSERT_DAYS, [0, 1, 2, 3, 4].map((c) => days.map((day) => day[c])))
-            await client.query(DELETE_SERIES, keys)
             const series = users.flatMap(seriesRows)
-            if (series.length > 0) await client.query(INSERT_SERIES, series[0]!.map((_, c) => series.map((row) => row[c])))
+            await client.query(DELETE_SERIES, [...keys, series.map((row) => row[0]), series.map((row) => row[2]), series.map((row) => row[1])])
+            if (series.length > 0) await client.query(UPSERT_SERIES, series[0]!.map((_, c) => series.map((row) => row[c])))
           }
           await client.query('COMMIT')
           return written.rows.length

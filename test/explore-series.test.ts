@@ -91,6 +91,13 @@ for (const target of DATABASE_TARGETS) {
     await store.upsertProfiles([profile('u1', 2, [{ day: '2019-05-09', name: 'click', count: 1 }], { engagementLevel: 'High' }), profile('u2', 1, [])])
     await agrees('a newer version replaces the days and the grouping columns; an older one changes nothing')
     t.equal((await stored()).filter((r) => r.canonical_id === 'u2').length, 1, 'u2 (version 1 again) kept its row')
+    const v2 = [{ day: '2019-05-09', name: 'click', count: 1 }]
+    await store.upsertProfiles([profile('u1', 3, [...v2, { day: '2019-05-12', name: 'search', count: 2 }], { engagementLevel: 'High' })])
+    await agrees('a version adding a name keeps the unchanged one')
+    await store.upsertProfiles([profile('u1', 4, [...v2, { day: '2019-05-12', name: 'search', count: 2 }], { engagementLevel: 'Low', country: 'PL' })])
+    await agrees('the same days, the grouping columns changed')
+    await store.upsertProfiles([profile('u1', 5, [{ day: '2019-05-09', name: 'click', count: 1 }, { day: '2019-05-11', name: 'click', count: 3 }], { engagementLevel: 'Low', country: 'PL' })])
+    await agrees('a name dropped, another grown')
     await store.upsertProfiles([profile('u2', 2, [], { mergedInto: 'u1', engagementLevel: null })])
     await agrees('a user merged away has no rows')
     t.notOk((await stored()).some((r) => r.canonical_id === 'u2'))
