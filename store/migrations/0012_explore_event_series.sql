@@ -72,7 +72,11 @@ BEGIN
               JOIN profile_event_days d ON d.project = u.project AND d.canonical_id = u.canonical_id
             WINDOW w AS (PARTITION BY d.project, d.canonical_id, d.name ORDER BY d.day)) c
       JOIN profiles p ON p.project = c.project AND p.canonical_id = c.canonical_id AND p.merged_into IS NULL
-     GROUP BY p.project, p.canonical_id, c.name;
+     GROUP BY p.project, p.canonical_id, c.name
+  -- another transaction rebuilding the same user committed rows this one's DELETE did not see
+  ON CONFLICT (project, canonical_id, name) DO UPDATE SET first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day,
+     cumulative = EXCLUDED.cumulative, engagement_level = EXCLUDED.engagement_level, acquisition_month = EXCLUDED.acquisition_month,
+     acquisition_channel = EXCLUDED.acquisition_channel, country = EXCLUDED.country, device_type = EXCLUDED.device_type;
 END
 $$;
 
