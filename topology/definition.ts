@@ -150,11 +150,11 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
       {
         stepId: 'sink-profiles',
         kind: 'sink',
-        description: 'Writes profiles and their per-day event counts, newest version wins',
+        description: 'Writes profiles and their per-day event counts (and the per-event series behavioural filters read), newest version wins',
         module: 'operators/sink',
         inputs: [stageFilter('profiles')],
         outputs: [stageFilter('dlq')],
-        tables: ['profiles', 'profile_event_days'],
+        tables: ['profiles', 'profile_event_days', 'profile_event_series'],
         consumer: { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 },
       },
       {
