@@ -24,21 +24,8 @@ export interface AggregateRow {
   version: number
 }
 
-/** A window and group summed over its partials (the `aggregates` view). */
-export interface AggregateTotal {
-  definition: string
-  definitionVersion: number
-  windowKind: string
-  windowStart: number
-  windowEnd: number
-  name: string
-  dimensions: Record<string, string>
-  source: string
-  count: number
-  distinctUsers: number
-  exact: boolean
-  final: boolean
-}
+/** A window and group summed over its partials (the `aggregates` view): a partial's fields without which partial it is. */
+export type AggregateTotal = Omit<AggregateRow, 'project' | 'groupKey' | 'keyGroup' | 'version'>
 
 type WithClient = <T>(work: (client: pg.PoolClient) => Promise<T>) => Promise<T>
 
