@@ -92,6 +92,8 @@ export function createCounts(options: CountsOptions = {}): Operator<CountsState,
 
   return {
     stepId: 'live-counts',
+    // keys are key group numbers, not users: an identity merge (an anonymous id "3", say) moves nothing
+    keyedByUser: false,
     init: empty,
     toInput(envelope: AnyEnvelope, _origin: Origin): CountsInput {
       if (envelope.type === 'segment_membership' || envelope.type === 'profile') return envelope
