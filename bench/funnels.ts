@@ -1,5 +1,5 @@
 /**
- * make bench-funnels: the funnel operator's pure logic (docs/funnels.md) on seeded traffic:
+ * make bench-funnels: four figures, each measured (docs/funnels.md, "Speed"). First, here, the funnel operator's pure logic (docs/funnels.md) on seeded traffic:
  * 10 active funnels (sequential, strict and any order; filters, exclusions, a breakdown),
  * 100,000 users, events mostly in time order with some late and duplicated. The events are kept
  * as msgpack and decoded batch by batch, as the runtime receives them (a million decoded events
@@ -7,163 +7,32 @@
  * same run, two baselines over the same batches: a loop that only iterates them and keeps a
  * state per user the way the runtime does, and the msgpack decoding itself. Last line: JSON.
  *
+ * Then, each in a child process of its own (so one's memory is not the next one's):
+ * bench/funnels-state.ts (RSS and heap of --state-users users × 10 funnels of state) and
+ * bench/funnels-runtime.ts (one funnel step instance on a real nats-server with its pipelined-publish
+ * baseline, then a new funnel's backfill over the same events, with PostgreSQL). The last line
+ * holds every figure and its target.
+ *
  *   node bench/funnels.ts [--users 100000] [--events 1000000] [--seed 1] [--rounds 3]
+ *     [--state-users 1000000] [--state-per-user 5] [--runtime-events 300000] [--runtime-users <events/10>]
+ *     [--stream-gb 1] [--skip state,runtime]
  */
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { applyFunnelControl, createFunnel, type FunnelDefinitions, type FunnelInput, type FunnelState } from '../operators/funnel/logic.ts'
+import type { FunnelState } from '../operators/funnel/logic.ts'
 import { decode, encode } from '../schemas/codec.ts'
-import { ENVELOPE_VERSION, type EnrichedEventEnvelope } from '../schemas/envelope.ts'
-import type { FunnelDefinition } from '../schemas/funnel.ts'
-import { TimerHeap } from '../operators/runtime/heap.ts'
-import { keyGroupOf } from '../topology/subjects.ts'
+import type { EnrichedEventEnvelope } from '../schemas/envelope.ts'
+import { definitions, FUNNELS, funnelRunner, LATENESS, makeEvents } from './funnels-workload.ts'
 
-const { values } = parseArgs({ options: { users: { type: 'string', default: '100000' }, events: { type: 'string', default: '1000000' }, seed: { type: 'string', default: '1' }, rounds: { type: 'string', default: '3' } } })
+const { values } = parseArgs({ options: { users: { type: 'string', default: '100000' }, events: { type: 'string', default: '1000000' }, seed: { type: 'string', default: '1' }, rounds: { type: 'string', default: '3' },
+  'state-users': { type: 'string', default: '1000000' }, 'state-per-user': { type: 'string', default: '5' },
+  'runtime-events': { type: 'string', default: '300000' }, 'runtime-users': { type: 'string' }, 'stream-gb': { type: 'string', default: '1' },
+  skip: { type: 'string', default: '' } } })
+const SKIP = new Set(values.skip!.split(',').filter(Boolean))
 const USERS = Number(values.users)
 const EVENTS = Number(values.events)
 const ROUNDS = Math.max(1, Number(values.rounds))
-const KEY_GROUPS = 64
-const MINUTE = 60_000
-const HOUR = 60 * MINUTE
-const DAY = 24 * HOUR
-const T0 = Date.parse('2019-05-01T00:00:00Z')
-
-/** mulberry32: small, seeded, good enough for traffic. */
-function random(seed: number) {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-const FUNNELS: FunnelDefinition[] = [
-  { id: 'signup', name: 'Sign-up', steps: [{ event: '$page', filters: [{ property: 'path', value: '/' }] }, { event: 'signup_started' }, { event: 'signup_completed' }] },
-  { id: 'activation', name: 'Activation', steps: [{ event: 'signup_completed' }, { event: 'project_created' }, { event: 'invite_sent' }, { event: 'report_viewed' }], windowMs: 7 * DAY },
-  { id: 'purchase', name: 'Purchase', steps: [{ event: 'product_viewed' }, { event: 'add_to_cart' }, { event: 'checkout_started' }, { event: 'purchase', filters: [{ property: 'amount', operator: 'gt', value: 0 }] }], exclusions: [{ event: 'cart_cleared', fromStep: 2, toStep: 3 }], breakdown: { property: 'category' } },
-  { id: 'purchase-strict', name: 'Checkout without detours', mode: 'strict', steps: [{ event: 'add_to_cart' }, { event: 'checkout_started' }, { event: 'purchase' }], windowMs: HOUR },
-  { id: 'click-custom', name: 'Click then custom', steps: [{ event: 'click_event1' }, { event: 'custom_event2' }] },
-  { id: 'engaged', name: 'Engaged any order', mode: 'any_order', steps: [{ event: 'report_viewed' }, { event: 'search', filters: [{ property: 'query', operator: 'is_set' }] }, { event: 'export' }] },
-  { id: 'pricing', name: 'Pricing to plan', steps: [{ event: '$page', filters: [{ property: 'path', operator: 'in', value: ['/pricing', '/plans'] }] }, { event: 'plan_selected', filters: [{ property: 'plan', operator: 'neq', value: 'free' }] }, { event: 'purchase' }], windowMs: 30 * DAY },
-  { id: 'docs', name: 'Docs to API key', steps: [{ event: '$page', filters: [{ property: 'path', operator: 'contains', value: 'docs' }] }, { event: 'api_key_created' }], windowMs: DAY },
-  { id: 'retention', name: 'Search, then search again', steps: [{ event: 'search' }, { event: 'search' }, { event: 'search' }], windowMs: 3 * DAY },
-  { id: 'support', name: 'Help any order', mode: 'any_order', steps: [{ event: 'help_opened' }, { event: 'ticket_created' }], windowMs: 2 * DAY },
-]
-
-const NAMES: Array<[string, number]> = [
-  ['$page', 40], ['click_event1', 8], ['custom_event2', 3], ['product_viewed', 8], ['add_to_cart', 4], ['checkout_started', 2], ['purchase', 1.5],
-  ['cart_cleared', 0.5], ['signup_started', 2], ['signup_completed', 1.5], ['project_created', 1], ['invite_sent', 0.7], ['report_viewed', 3],
-  ['search', 5], ['export', 1], ['plan_selected', 0.8], ['api_key_created', 0.5], ['help_opened', 0.8], ['ticket_created', 0.3], ['scroll', 6], ['video_played', 2],
-]
-const PATHS = ['/', '/pricing', '/plans', '/docs/start', '/docs/api', '/blog', '/about', '/product/1', '/product/2']
-
-function makeEvents(seed: number): EnrichedEventEnvelope[] {
-  const next = random(seed)
-  const total = NAMES.reduce((sum, [, weight]) => sum + weight, 0)
-  const pickName = () => {
-    let roll = next() * total
-    for (const [name, weight] of NAMES) if ((roll -= weight) <= 0) return name
-    return NAMES[0]![0]
-  }
-  const users = Array.from({ length: USERS }, (_, index) => `user-${index.toString(36)}-${Math.floor(next() * 1e9).toString(36)}`)
-  const clock = Array.from({ length: USERS }, () => T0 + Math.floor(next() * 20 * DAY))
-  const events: EnrichedEventEnvelope[] = []
-  for (let index = 0; index < EVENTS; index++) {
-    // some users are much busier than others
-    const userIndex = Math.floor(USERS * next() ** 2)
-    const user = users[userIndex]!
-    clock[userIndex]! += next() < 0.9 ? Math.floor(next() * 5 * MINUTE) : Math.floor(next() * 2 * DAY)
-    const name = pickName()
-    const properties: Record<string, unknown> = {}
-    if (name === '$page') properties.path = PATHS[Math.floor(next() * PATHS.length)]
-    if (name === 'purchase') properties.amount = Math.floor(next() * 200)
-    if (name === 'product_viewed' || name === 'add_to_cart') properties.category = next() < 0.5 ? 'books' : 'games'
-    if (name === 'search' && next() < 0.8) properties.query = 'q'
-    if (name === 'plan_selected') properties.plan = next() < 0.4 ? 'free' : 'pro'
-    const id = `${user}-${index}`
-    const time = clock[userIndex]!
-    events.push({
-      v: ENVELOPE_VERSION, type: 'enriched_event', project: 'bench', id, time, key: user, keyGroup: keyGroupOf(user, KEY_GROUPS), source: 'live',
-      origin: { stream: 'SEG_RAW', seq: index + 1 },
-      data: {
-        name, canonicalId: user,
-        message: { type: name === '$page' ? 'page' : 'track', ...(name === '$page' ? {} : { event: name }), messageId: id, userId: user, timestamp: '', receivedAt: '', properties },
-        context: { device: { type: 'desktop' }, acquisition: { channel: 'direct' }, bot: false },
-      },
-    })
-  }
-  // arrival: in time order, but 3% of events arrive up to an hour late (and 1% twice, below)
-  const arrival = events.map((event) => event.time + (next() < 0.03 ? Math.floor(next() * HOUR) : 0))
-  const order = events.map((_, index) => index).sort((a, b) => arrival[a]! - arrival[b]!)
-  const arriving = order.map((index) => events[index]!)
-  const withDuplicates: EnrichedEventEnvelope[] = []
-  for (const event of arriving) {
-    withDuplicates.push(event)
-    if (next() < 0.01) withDuplicates.push(event)
-  }
-  return withDuplicates
-}
-
-function definitions(): FunnelDefinitions {
-  let current: unknown
-  for (const definition of FUNNELS) current = applyFunnelControl(current, { stepId: 'funnel', name: definition.id, version: 1, definition })
-  return current as FunnelDefinitions
-}
-
-const LATENESS = 5 * MINUTE
-
-/**
- * The funnel logic as the kernel drives it: a state per key in a Map, the watermark (largest event
- * time minus the lateness) passed in, and each key's latest timer fired from the kernel's own heap
- * once the watermark passes it. Fed batch by batch, as the runtime is.
- */
-function funnelRunner(control: FunnelDefinitions) {
-  const operator = createFunnel({ keyGroups: KEY_GROUPS })
-  const states = new Map<string, FunnelState>()
-  const wakeAts = new Map<string, number>()
-  const timers = new TimerHeap()
-  let largest = Number.NEGATIVE_INFINITY
-  const counts = { emitted: 0, late: 0, timersFired: 0 }
-  const origin = { stream: 'SEG_ENRICHED', seq: 0 }
-  const store = (key: string, state: FunnelState | undefined, wakeAt: number | undefined) => {
-    if (state === undefined) states.delete(key)
-    else states.set(key, state)
-    if (wakeAt === undefined || state === undefined) wakeAts.delete(key)
-    else if (wakeAts.get(key) !== wakeAt) {
-      wakeAts.set(key, wakeAt)
-      timers.push(wakeAt, key)
-    }
-  }
-  return {
-    counts, states,
-    apply(batch: EnrichedEventEnvelope[]) {
-      for (const envelope of batch) {
-        const input: FunnelInput = { envelope, origin }
-        const key = operator.keyOf(input)
-        const result = operator.onEvent(states.get(key) ?? operator.init(), input, { eventTime: envelope.time, watermark: largest - LATENESS, source: 'live', control })
-        counts.emitted += result.emit.length
-        if (result.late) counts.late++
-        store(key, result.state, result.wakeAt)
-        if (envelope.time <= largest) continue
-        largest = envelope.time
-        const now = largest - LATENESS
-        while (timers.size > 0 && timers.peek()!.at <= now) {
-          const { at, key: timerKey } = timers.pop()!
-          const state = states.get(timerKey)
-          if (state === undefined || wakeAts.get(timerKey) !== at) continue // superseded, as in the kernel
-          wakeAts.delete(timerKey)
-          const result = operator.onTimer!(state, now)
-          counts.emitted += result.emit.length
-          counts.timersFired++
-          store(timerKey, result.state, result.wakeAt)
-        }
-      }
-    },
-  }
-}
-
 /** The same loop without the logic: key, state lookup and store per event. */
 function baselineRunner() {
   const states = new Map<string, { n: number; last: number }>()
@@ -240,7 +109,7 @@ class Clock {
   }
 }
 
-const generated = makeEvents(Number(values.seed))
+const generated = makeEvents(Number(values.seed), USERS, EVENTS)
 const total = generated.length
 const batches = encodeBatches(generated)
 generated.length = 0
@@ -274,7 +143,7 @@ for (let round = 1; round <= ROUNDS; round++) {
 const sizes = stateBytes(last!.states)
 const { emitted, timersFired, late } = last!.counts
 console.log(`[bench-funnels] ${emitted.toLocaleString('en-US')} progress messages, ${timersFired.toLocaleString('en-US')} timers fired, ${late} inputs too late; state: ${sizes.keys.toLocaleString('en-US')} users, mean ${sizes.meanBytes} B, largest ${sizes.largestBytes} B (msgpack)`)
-console.log(JSON.stringify({
+const pure = {
   users: USERS, events: total, funnels: FUNNELS.length,
   pure_events_per_s: rate(total, best.wall),
   pure_events_per_cpu_s: rate(total, best.cpu),
@@ -284,4 +153,46 @@ console.log(JSON.stringify({
   baseline_decode_events_per_cpu_s: rate(total, decodeBest.cpu),
   progress_messages: emitted, timers_fired: timersFired, late,
   state_keys: sizes.keys, state_mean_bytes: sizes.meanBytes, state_largest_bytes: sizes.largestBytes,
+}
+console.log(JSON.stringify(pure))
+batches.length = 0
+last = undefined
+
+/** Runs a benchmark script in a child process, its output shown as it comes; returns its last line (JSON). */
+function child(script: string, nodeArgs: string[], args: string[]): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const path = fileURLToPath(new URL(script, import.meta.url))
+    const running = spawn(process.execPath, [...nodeArgs, path, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let pending = ''
+    let lastLine = ''
+    running.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      pending += chunk
+      const lines = pending.split('\n')
+      pending = lines.pop()!
+      for (const line of lines) {
+        console.log(line)
+        if (line.trim()) lastLine = line
+      }
+    })
+    running.once('error', reject)
+    running.once('exit', (code) => {
+      if (pending.trim()) {
+        console.log(pending)
+        lastLine = pending
+      }
+      if (code !== 0) return reject(new Error(`${script} exited with ${code}`))
+      try {
+        resolve(JSON.parse(lastLine) as Record<string, unknown>)
+      } catch {
+        reject(new Error(`${script}: no JSON last line`))
+      }
+    })
+  })
+}
+
+const state = SKIP.has('state') ? {} : await child('./funnels-state.ts', ['--expose-gc', '--max-old-space-size=20000'], ['--users', values['state-users']!, '--per-user', values['state-per-user']!])
+const runtime = SKIP.has('runtime') ? {} : await child('./funnels-runtime.ts', [], ['--events', values['runtime-events']!, '--stream-gb', values['stream-gb']!, ...(values['runtime-users'] ? ['--users', values['runtime-users']] : [])])
+console.log(JSON.stringify({
+  ...pure, ...state, ...runtime,
+  targets: { pure_events_per_s: '>= 500000', runtime_events_per_s: '>= 50000', state_rss_mb: 'at 1,000,000 users x 10 funnels (reported)', backfill_s: '< 120 for 10,000,000 events' },
 }))

@@ -1,0 +1,104 @@
+/**
+ * bench-funnels, state size: the funnel logic's per-user state for --users users × the 10 funnels
+ * of bench/funnels-workload.ts, held as the benchmark's kernel reproduction holds it (one Map of
+ * user → FunnelState, the wake-up times and the timer heap; bench/funnels-workload.ts funnelRunner),
+ * in this process. Every user gets --per-user events, one per round, rounds --round-minutes apart
+ * in event time (in time order, so nothing is late and no window of 1 hour or more closes), names
+ * drawn with the pure benchmark's weights. The process RSS and the V8 heap are read after a full
+ * garbage collection before the first event and after the last: the difference is what the states
+ * (and the runner's maps and heap) take. Events are made batch by batch and dropped, so they are
+ * not part of it. Run with --expose-gc and a large --max-old-space-size (bench/funnels.ts does).
+ * Last line: JSON.
+ *
+ *   node --expose-gc --max-old-space-size=16384 bench/funnels-state.ts [--users 1000000] [--per-user 5] [--round-minutes 5]
+ */
+import { parseArgs } from 'node:util'
+import { encode } from '../schemas/codec.ts'
+import { ENVELOPE_VERSION, type EnrichedEventEnvelope } from '../schemas/envelope.ts'
+import { keyGroupOf } from '../topology/subjects.ts'
+import { definitions, FUNNELS, funnelRunner, KEY_GROUPS, MINUTE, NAMES, PATHS, random, T0 } from './funnels-workload.ts'
+
+const { values } = parseArgs({ options: { users: { type: 'string', default: '1000000' }, 'per-user': { type: 'string', default: '5' }, 'round-minutes': { type: 'string', default: '5' }, seed: { type: 'string', default: '2' } } })
+const USERS = Number(values.users)
+const PER_USER = Number(values['per-user'])
+const ROUND_MS = Number(values['round-minutes']) * MINUTE
+const BATCH = 10_000
+
+const gc = (globalThis as { gc?: () => void }).gc
+if (!gc) throw new Error('run with --expose-gc (node --expose-gc bench/funnels-state.ts)')
+const memory = () => {
+  gc()
+  gc()
+  const { rss, heapUsed } = process.memoryUsage()
+  return { rss, heapUsed }
+}
+
+const next = random(Number(values.seed))
+const total = NAMES.reduce((sum, [, weight]) => sum + weight, 0)
+const pickName = () => {
+  let roll = next() * total
+  for (const [name, weight] of NAMES) if ((roll -= weight) <= 0) return name
+  return NAMES[0]![0]
+}
+const userOf = (index: number) => `user-${index.toString(36)}-${(Math.imul(index, 2654435761) >>> 0).toString(36)}`
+
+function eventOf(userIndex: number, round: number, seq: number): EnrichedEventEnvelope {
+  const user = userOf(userIndex)
+  const name = pickName()
+  const properties: Record<string, unknown> = {}
+  if (name === '$page') properties.path = PATHS[Math.floor(next() * PATHS.length)]
+  if (name === 'purchase') properties.amount = Math.floor(next() * 200)
+  if (name === 'product_viewed' || name === 'add_to_cart') properties.category = next() < 0.5 ? 'books' : 'games'
+  if (name === 'search' && next() < 0.8) properties.query = 'q'
+  if (name === 'plan_selected') properties.plan = next() < 0.4 ? 'free' : 'pro'
+  const id = `${user}-${round}`
+  // in time order within and across rounds
+  const time = T0 + round * ROUND_MS + Math.floor((userIndex * ROUND_MS) / USERS)
+  return {
+    v: ENVELOPE_VERSION, type: 'enriched_event', project: 'bench', id, time, key: user, keyGroup: keyGroupOf(user, KEY_GROUPS), source: 'live',
+    origin: { stream: 'SEG_RAW', seq },
+    data: {
+      name, canonicalId: user,
+      message: { type: name === '$page' ? 'page' : 'track', ...(name === '$page' ? {} : { event: name }), messageId: id, userId: user, timestamp: '', receivedAt: '', properties },
+      context: { device: { type: 'desktop' }, acquisition: { channel: 'direct' }, bot: false },
+    },
+  }
+}
+
+const mb = (bytes: number) => Math.round(bytes / 1e6)
+const runner = funnelRunner(definitions())
+const before = memory()
+console.log(`[bench-funnels state] ${USERS.toLocaleString('en-US')} users × ${FUNNELS.length} funnels, ${PER_USER} events each (${(USERS * PER_USER).toLocaleString('en-US')} events); before: RSS ${mb(before.rss)} MB, heap ${mb(before.heapUsed)} MB`)
+const started = performance.now()
+let seq = 0
+let lastPrint = started
+for (let round = 0; round < PER_USER; round++) {
+  for (let from = 0; from < USERS; from += BATCH) {
+    const batch: EnrichedEventEnvelope[] = []
+    for (let user = from; user < Math.min(USERS, from + BATCH); user++) batch.push(eventOf(user, round, ++seq))
+    runner.apply(batch)
+    if (performance.now() - lastPrint > 15_000) {
+      lastPrint = performance.now()
+      console.log(`[bench-funnels state] round ${round + 1}/${PER_USER}: ${seq.toLocaleString('en-US')} events, ${runner.states.size.toLocaleString('en-US')} users in state, RSS ${mb(process.memoryUsage().rss)} MB`)
+    }
+  }
+}
+const seconds = (performance.now() - started) / 1000
+const after = memory()
+// the states' own size as msgpack (what a checkpoint writes), over a sample
+let sampled = 0
+let sampledBytes = 0
+for (const state of runner.states.values()) {
+  if (sampled++ % 100 !== 0) continue
+  sampledBytes += encode(state).length
+}
+const meanMsgpack = Math.round(sampledBytes / Math.max(1, Math.ceil(sampled / 100)))
+const keys = runner.states.size
+const rssMb = mb(after.rss - before.rss)
+const heapMb = mb(after.heapUsed - before.heapUsed)
+console.log(`[bench-funnels state] measured at ${keys.toLocaleString('en-US')} users in state × ${FUNNELS.length} funnels (${seq.toLocaleString('en-US')} events, ${runner.counts.emitted.toLocaleString('en-US')} progress messages, built in ${seconds.toFixed(0)} s): RSS +${rssMb} MB (${mb(after.rss)} MB in all), V8 heap +${heapMb} MB; ${Math.round((after.heapUsed - before.heapUsed) / Math.max(1, keys))} B of heap per user; msgpack mean ${meanMsgpack} B per user`)
+console.log(JSON.stringify({
+  state_users: keys, state_funnels: FUNNELS.length, state_events: seq, state_events_per_user: PER_USER,
+  state_rss_mb: rssMb, state_rss_total_mb: mb(after.rss), state_heap_mb: heapMb, state_heap_bytes_per_user: Math.round((after.heapUsed - before.heapUsed) / Math.max(1, keys)),
+  state_msgpack_mean_bytes: meanMsgpack, state_build_s: Number(seconds.toFixed(1)),
+}))
