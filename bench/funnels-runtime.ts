@@ -182,7 +182,9 @@ try {
   if (row?.state !== 'done') throw new Error(`the backfill did not end done: ${JSON.stringify(row)}`)
   // the replay: from the claim until the worker waits for the step (the history read and computed)
   const replayFrom = phases['reading history'] ?? phases.starting ?? 0
-  const replaySeconds = (phases['waiting for the funnel step to take the definition'] ?? backfillSeconds) - replayFrom
+  // (a phase shorter than the 100 ms poll is not seen: the replay ends at the first later phase seen)
+  const replayEnd = phases['waiting for the funnel step to take the definition'] ?? phases['publishing seeds'] ?? phases.done ?? backfillSeconds
+  const replaySeconds = replayEnd - replayFrom
   const replayPerS = row.done / replaySeconds
   say(`backfill: done, ${n(row.done)} messages read (${n(stored)} events), ${n(row.seeds ?? 0)} users seeded, ${row.late ?? 0} late; ${backfillSeconds.toFixed(1)} s in all (phases at s: ${JSON.stringify(Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, Number(v.toFixed(1))])))}); history replay ${replaySeconds.toFixed(1)} s = ${n(replayPerS)} events/s; CPU ${((backfillUsed.user + backfillUsed.system) / 1e6).toFixed(1)} s in this process (step and worker)`)
   // the replay scales with the events; the hand-over (the step's next checkpoint) does not, and the seeds scale with the users

@@ -158,7 +158,17 @@ console.log(JSON.stringify(pure))
 batches.length = 0
 last = undefined
 
-/** Runs a benchmark script in a child process, its output shown as it comes; returns its last line (JSON). */
+/** A JSON line that is not a log line (those carry a level). */
+function isResult(line: string): boolean {
+  try {
+    const parsed = JSON.parse(line) as unknown
+    return typeof parsed === 'object' && parsed !== null && !('level' in parsed)
+  } catch {
+    return false
+  }
+}
+
+/** Runs a benchmark script in a child process, its output shown as it comes; returns its last JSON line that is not a log line. */
 function child(script: string, nodeArgs: string[], args: string[]): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const path = fileURLToPath(new URL(script, import.meta.url))
@@ -171,14 +181,14 @@ function child(script: string, nodeArgs: string[], args: string[]): Promise<Reco
       pending = lines.pop()!
       for (const line of lines) {
         console.log(line)
-        if (line.trim()) lastLine = line
+        if (isResult(line)) lastLine = line
       }
     })
     running.once('error', reject)
     running.once('exit', (code) => {
       if (pending.trim()) {
         console.log(pending)
-        lastLine = pending
+        if (isResult(pending)) lastLine = pending
       }
       if (code !== 0) return reject(new Error(`${script} exited with ${code}`))
       try {
