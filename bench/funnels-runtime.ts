@@ -77,9 +77,17 @@ function serverCpu(storeDir: string): () => number {
 const [nats, database] = await Promise.all([startNats(), startPostgres()])
 const nc = await connectNats(nats.url, 'bench-funnels', logger)
 const topology = segstreamTopology({ streamMaxBytes: Number(values['stream-gb']) * 1024 ** 3 })
-await applyTopology(nc, topology, { keyGroups: KEY_GROUPS })
 const store = await openStore({ url: database.url, poolSize: 4, logger })
-await store.migrate()
+try {
+  // streams too large for the disk fail here: the servers must not outlive the bench
+  await applyTopology(nc, topology, { keyGroups: KEY_GROUPS })
+  await store.migrate()
+} catch (error) {
+  await nc.close()
+  await store.close()
+  await Promise.all([nats.close(), database.close()])
+  throw error
+}
 const publisher = new PipelinedPublisher(nc, { timeoutMs: 60_000 })
 const jsm = await jetstreamManager(nc)
 const server = serverCpu(nats.storeDir)
