@@ -40,7 +40,7 @@ import { createProject } from '../projects/registry.ts'
 import { decode, encode } from '../schemas/codec.ts'
 import { openStore } from '../store/store.ts'
 import { applyTopology } from '../topology/apply.ts'
-import { segstreamTopology } from '../topology/definition.ts'
+import { benchTopology } from './topology.ts'
 import { startNats } from '../test/harness/nats.ts'
 import { startPostgres } from '../test/harness/postgres.ts'
 import { cleanEnv, freePort, waitForPort } from '../test/harness/ports.ts'
@@ -88,7 +88,7 @@ process.on('exit', () => {
   }
 })
 const nc = await connectNats(nats.url, 'bench', logger)
-await applyTopology(nc, segstreamTopology({ streamMaxBytes: 4 * 1024 ** 3 }), { keyGroups: KEY_GROUPS })
+await applyTopology(nc, benchTopology(['SEG_RAW', 'SEG_ENRICHED', 'SEG_SESSIONS'], 4 * 1024 ** 3), { keyGroups: KEY_GROUPS })
 const store = await openStore({ url: database.url, poolSize: 2, logger })
 await store.migrate()
 const { project } = await createProject(nc, { id: 'bench' })

@@ -21,7 +21,7 @@ import { createProject } from '../projects/registry.ts'
 import { encode } from '../schemas/codec.ts'
 import { ENVELOPE_VERSION, type RawEventEnvelope } from '../schemas/envelope.ts'
 import { applyTopology } from '../topology/apply.ts'
-import { segstreamTopology } from '../topology/definition.ts'
+import { benchTopology } from './topology.ts'
 import { keyGroupOf, subjectFor } from '../topology/subjects.ts'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { startNats } from '../test/harness/nats.ts'
@@ -52,7 +52,7 @@ const cpuSeconds = (pid: number | undefined): number => {
 const natsPid = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).find((p) => {
   try { return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(nats.storeDir) } catch { return false }
 })
-await applyTopology(nc, segstreamTopology({ streamMaxBytes: 4 * 1024 ** 3 }), { keyGroups: KEY_GROUPS })
+await applyTopology(nc, benchTopology(['SEG_RAW'], 4 * 1024 ** 3), { keyGroups: KEY_GROUPS })
 const { project } = await createProject(nc, { id: 'bench' })
 
 const message = (i: number, prefix: string) => ({

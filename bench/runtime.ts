@@ -26,7 +26,7 @@ import type { Operator } from '../operators/runtime/operator.ts'
 import { encode } from '../schemas/codec.ts'
 import { ENVELOPE_VERSION, type EnrichedEventEnvelope, type RawEventEnvelope } from '../schemas/envelope.ts'
 import { applyTopology } from '../topology/apply.ts'
-import { segstreamTopology } from '../topology/definition.ts'
+import { benchTopology } from './topology.ts'
 import { deepFreeze, type Topology } from '../topology/model.ts'
 import { keyGroupOf, stageFilter, subjectFor } from '../topology/subjects.ts'
 import { startNats } from '../test/harness/nats.ts'
@@ -42,7 +42,7 @@ const BASELINE_SLICE = 100_000
 const logger = createLogger('warn')
 
 function topologyWith(stepId: string): Topology {
-  const base = segstreamTopology({ streamMaxBytes: 6 * 1024 ** 3 })
+  const base = benchTopology(['SEG_RAW', 'SEG_ENRICHED'], 6 * 1024 ** 3)
   return deepFreeze({
     ...base,
     steps: [
