@@ -16,7 +16,8 @@ import { parseArgs } from 'node:util'
 import { encode } from '../schemas/codec.ts'
 import { ENVELOPE_VERSION, type EnrichedEventEnvelope } from '../schemas/envelope.ts'
 import { keyGroupOf } from '../topology/subjects.ts'
-import { definitions, FUNNELS, funnelRunner, KEY_GROUPS, MINUTE, NAMES, PATHS, random, T0 } from './funnels-workload.ts'
+import { seededRandom } from '../operators/runtime/generator.ts'
+import { definitions, FUNNELS, funnelRunner, KEY_GROUPS, MINUTE, pickName, propertiesOf, T0 } from './funnels-workload.ts'
 
 const { values } = parseArgs({ options: { users: { type: 'string', default: '1000000' }, 'per-user': { type: 'string', default: '5' }, 'round-minutes': { type: 'string', default: '5' }, seed: { type: 'string', default: '2' } } })
 const USERS = Number(values.users)
@@ -33,24 +34,13 @@ const memory = () => {
   return { rss, heapUsed }
 }
 
-const next = random(Number(values.seed))
-const total = NAMES.reduce((sum, [, weight]) => sum + weight, 0)
-const pickName = () => {
-  let roll = next() * total
-  for (const [name, weight] of NAMES) if ((roll -= weight) <= 0) return name
-  return NAMES[0]![0]
-}
+const next = seededRandom(Number(values.seed))
 const userOf = (index: number) => `user-${index.toString(36)}-${(Math.imul(index, 2654435761) >>> 0).toString(36)}`
 
 function eventOf(userIndex: number, round: number, seq: number): EnrichedEventEnvelope {
   const user = userOf(userIndex)
-  const name = pickName()
-  const properties: Record<string, unknown> = {}
-  if (name === '$page') properties.path = PATHS[Math.floor(next() * PATHS.length)]
-  if (name === 'purchase') properties.amount = Math.floor(next() * 200)
-  if (name === 'product_viewed' || name === 'add_to_cart') properties.category = next() < 0.5 ? 'books' : 'games'
-  if (name === 'search' && next() < 0.8) properties.query = 'q'
-  if (name === 'plan_selected') properties.plan = next() < 0.4 ? 'free' : 'pro'
+  const name = pickName(next)
+  const properties = propertiesOf(name, next)
   const id = `${user}-${round}`
   // in time order within and across rounds
   const time = T0 + round * ROUND_MS + Math.floor((userIndex * ROUND_MS) / USERS)

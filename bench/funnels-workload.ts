@@ -6,6 +6,7 @@
 import { applyFunnelControl, createFunnel, type FunnelDefinitions, type FunnelInput, type FunnelState } from '../operators/funnel/logic.ts'
 import { ENVELOPE_VERSION, type EnrichedEventEnvelope } from '../schemas/envelope.ts'
 import type { FunnelDefinition } from '../schemas/funnel.ts'
+import { seededRandom } from '../operators/runtime/generator.ts'
 import { TimerHeap } from '../operators/runtime/heap.ts'
 import { keyGroupOf } from '../topology/subjects.ts'
 
@@ -14,18 +15,6 @@ export const MINUTE = 60_000
 export const HOUR = 60 * MINUTE
 export const DAY = 24 * HOUR
 export const T0 = Date.parse('2019-05-01T00:00:00Z')
-
-/** mulberry32: small, seeded, good enough for traffic. */
-export function random(seed: number) {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 export const FUNNELS: FunnelDefinition[] = [
   { id: 'signup', name: 'Sign-up', steps: [{ event: '$page', filters: [{ property: 'path', value: '/' }] }, { event: 'signup_started' }, { event: 'signup_completed' }] },
@@ -46,16 +35,29 @@ export const NAMES: Array<[string, number]> = [
   ['search', 5], ['export', 1], ['plan_selected', 0.8], ['api_key_created', 0.5], ['help_opened', 0.8], ['ticket_created', 0.3], ['scroll', 6], ['video_played', 2],
 ]
 export const PATHS = ['/', '/pricing', '/plans', '/docs/start', '/docs/api', '/blog', '/about', '/product/1', '/product/2']
+const TOTAL_WEIGHT = NAMES.reduce((sum, [, weight]) => sum + weight, 0)
+
+/** An event name drawn by weight. */
+export function pickName(next: () => number): string {
+  let roll = next() * TOTAL_WEIGHT
+  for (const [name, weight] of NAMES) if ((roll -= weight) <= 0) return name
+  return NAMES[0]![0]
+}
+
+/** The properties an event of `name` carries (what the funnels' filters read). */
+export function propertiesOf(name: string, next: () => number): Record<string, unknown> {
+  const properties: Record<string, unknown> = {}
+  if (name === '$page') properties.path = PATHS[Math.floor(next() * PATHS.length)]
+  if (name === 'purchase') properties.amount = Math.floor(next() * 200)
+  if (name === 'product_viewed' || name === 'add_to_cart') properties.category = next() < 0.5 ? 'books' : 'games'
+  if (name === 'search' && next() < 0.8) properties.query = 'q'
+  if (name === 'plan_selected') properties.plan = next() < 0.4 ? 'free' : 'pro'
+  return properties
+}
 
 /** Seeded traffic of `users` users: `events` events, in arrival order, with some late and duplicated (ids repeat). */
 export function makeEvents(seed: number, USERS: number, EVENTS: number, project = 'bench', keyGroups = KEY_GROUPS): EnrichedEventEnvelope[] {
-  const next = random(seed)
-  const total = NAMES.reduce((sum, [, weight]) => sum + weight, 0)
-  const pickName = () => {
-    let roll = next() * total
-    for (const [name, weight] of NAMES) if ((roll -= weight) <= 0) return name
-    return NAMES[0]![0]
-  }
+  const next = seededRandom(seed)
   const users = Array.from({ length: USERS }, (_, index) => `user-${index.toString(36)}-${Math.floor(next() * 1e9).toString(36)}`)
   const clock = Array.from({ length: USERS }, () => T0 + Math.floor(next() * 20 * DAY))
   const events: EnrichedEventEnvelope[] = []
@@ -64,13 +66,8 @@ export function makeEvents(seed: number, USERS: number, EVENTS: number, project 
     const userIndex = Math.floor(USERS * next() ** 2)
     const user = users[userIndex]!
     clock[userIndex]! += next() < 0.9 ? Math.floor(next() * 5 * MINUTE) : Math.floor(next() * 2 * DAY)
-    const name = pickName()
-    const properties: Record<string, unknown> = {}
-    if (name === '$page') properties.path = PATHS[Math.floor(next() * PATHS.length)]
-    if (name === 'purchase') properties.amount = Math.floor(next() * 200)
-    if (name === 'product_viewed' || name === 'add_to_cart') properties.category = next() < 0.5 ? 'books' : 'games'
-    if (name === 'search' && next() < 0.8) properties.query = 'q'
-    if (name === 'plan_selected') properties.plan = next() < 0.4 ? 'free' : 'pro'
+    const name = pickName(next)
+    const properties = propertiesOf(name, next)
     const id = `${user}-${index}`
     const time = clock[userIndex]!
     events.push({
