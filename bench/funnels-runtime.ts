@@ -24,7 +24,6 @@
  *
  * Last line: JSON.
  */
-import { readdirSync, readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { jetstreamManager } from '@nats-io/jetstream'
 import { connectNats } from '../broker/connect.ts'
@@ -46,6 +45,7 @@ import { startNats } from '../test/harness/nats.ts'
 import { startPostgres } from '../test/harness/postgres.ts'
 import { pipelinedPublishRate, type Prepared } from './baseline.ts'
 import { FUNNELS, KEY_GROUPS, makeEvents } from './funnels-workload.ts'
+import { serverCpu } from './proc.ts'
 
 const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, users: { type: 'string' }, seed: { type: 'string', default: '1' }, 'timeout-s': { type: 'string', default: '900' }, 'stream-gb': { type: 'string', default: '1' } } })
 const EVENTS = Number(values.events)
@@ -57,22 +57,6 @@ const logger = createLogger('warn')
 const say = (line: string) => console.log(`[bench-funnels runtime] ${line}`)
 const n = (value: number) => Math.round(value).toLocaleString('en-US')
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** CPU time (µs) of the nats-server serving this store directory, from /proc. */
-function serverCpu(storeDir: string): () => number {
-  const pid = readdirSync('/proc').find((entry) => /^\d+$/.test(entry) && (() => {
-    try {
-      return readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(storeDir)
-    } catch {
-      return false
-    }
-  })())
-  return () => {
-    if (!pid) return 0
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-    return (Number(fields[11]) + Number(fields[12])) * 10_000
-  }
-}
 
 const [nats, database] = await Promise.all([startNats(), startPostgres()])
 const nc = await connectNats(nats.url, 'bench-funnels', logger)

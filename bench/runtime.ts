@@ -11,7 +11,7 @@
  *
  * BENCH_PROFILE=dir writes a .cpuprofile of each phase's runtime part (not its baseline) there.
  */
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { Session } from 'node:inspector/promises'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -31,6 +31,7 @@ import { deepFreeze, type Topology } from '../topology/model.ts'
 import { keyGroupOf, stageFilter, subjectFor } from '../topology/subjects.ts'
 import { startNats } from '../test/harness/nats.ts'
 import { pipelinedPublishRate, type Prepared } from './baseline.ts'
+import { serverCpu } from './proc.ts'
 
 const { values } = parseArgs({ options: { events: { type: 'string', default: '300000' }, keys: { type: 'string', default: '1000000' }, users: { type: 'string' }, only: { type: 'string' } } })
 const EVENTS = Number(values.events)
@@ -112,23 +113,6 @@ async function startProfile(): Promise<((name: string) => Promise<void>) | undef
  */
 function cpuPerEvent(clientMicros: number, serverMicros: number, events: number) {
   return { client: Math.round(clientMicros / events), server: Math.round(serverMicros / events) }
-}
-
-/** Reads the CPU time (µs) of the nats-server serving this store directory, from /proc. */
-function serverCpu(storeDir: string): () => number {
-  const pid = readdirSync('/proc').find((entry) => /^\d+$/.test(entry) && (() => {
-    try {
-      return readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(storeDir)
-    } catch {
-      return false
-    }
-  })())
-  return () => {
-    if (!pid) return 0
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-    // utime and stime, in clock ticks (100 per second on Linux)
-    return (Number(fields[11]) + Number(fields[12])) * 10_000
-  }
 }
 
 async function phase(name: string, operator: Operator<any, RawEventEnvelope>, project: string, count: number, users: number) {
