@@ -219,7 +219,7 @@ async function readUntilControl(
         }
         if (peeked.control.version > claimed.version) throw new Superseded(`version ${peeked.control.version} came before this version's control message in key group ${keyGroup}`)
       }
-      await apply(keyGroup, peeked.type, peeked.time, { stream: input.stream, seq: message.seq, subject, data: message.data })
+      await apply(keyGroup, peeked.type, peeked.time, { stream: input.stream, seq: message.seq, subject, data: message.data, envelope: peeked.envelope })
     }
   } finally {
     clearTimeout(quiet)

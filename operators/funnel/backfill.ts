@@ -1,5 +1,5 @@
-import { decode, encode } from '../../schemas/codec.ts'
-import { ENVELOPE_VERSION, type MergeStateEnvelope } from '../../schemas/envelope.ts'
+import { decode, decodeEnvelope, encode } from '../../schemas/codec.ts'
+import { ENVELOPE_VERSION, type AnyEnvelope, type MergeStateEnvelope } from '../../schemas/envelope.ts'
 import type { FunnelDefinition } from '../../schemas/funnel.ts'
 import { keyGroupOf, parseSubject, subjectFor, type Stage } from '../../topology/subjects.ts'
 import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type KernelCounters, type KernelOptions, type KeyGroupState } from '../runtime/kernel.ts'
@@ -155,7 +155,9 @@ export function createSeedComputer(options: SeedComputerOptions) {
       const keyGroup = parseSubject(message.subject).keyGroup
       let list = held.get(keyGroup)
       if (list === undefined) held.set(keyGroup, (list = []))
-      list.push({ time, message })
+      // the whole sessions history waits here: its bytes, not decoded envelopes (decoded again when applied)
+      const { envelope: _decoded, ...bytes } = message
+      list.push({ time, message: bytes })
     },
     /** Once every session message is held: orders each key group's by event time (stable: a session's versions keep their order at equal times). */
     sortHeld(): void {
@@ -207,11 +209,22 @@ export function seedMessage(project: string, seed: Seed, into: string, keyGroups
   return { subject: subjectFor(project, BACKFILL_STAGE, keyGroup), data: encode(envelope), msgId: seedMessageId(project, id, v, seed.user) }
 }
 
-/** What the worker needs of a history message without validating it: its type, id, time, and a control's name and version. */
-export function peekMessage(data: Uint8Array): { type: string; id: string; time: number; control?: { stepId: string; name: string; version: number } } {
-  const envelope = decode(data) as { type: string; id: string; time: number; data?: { stepId?: string; name?: string; version?: number } }
-  if (envelope.type === 'control' && envelope.data) {
-    return { type: envelope.type, id: envelope.id, time: envelope.time, control: { stepId: String(envelope.data.stepId), name: String(envelope.data.name), version: Number(envelope.data.version) } }
+/**
+ * What the worker needs of a history message: its type, id, time, a control's name and version,
+ * and the validated envelope to hand the kernel (which then does not decode it again). A message
+ * that does not match its schema is peeked at unvalidated and left for the kernel to dead-letter.
+ */
+export function peekMessage(data: Uint8Array): { type: string; id: string; time: number; control?: { stepId: string; name: string; version: number }; envelope?: AnyEnvelope } {
+  let valid: AnyEnvelope | undefined
+  try {
+    valid = decodeEnvelope(data)
+  } catch {
+    valid = undefined
   }
-  return { type: envelope.type, id: envelope.id, time: envelope.time }
+  const envelope = (valid ?? decode(data)) as { type: string; id: string; time: number; data?: { stepId?: string; name?: string; version?: number } }
+  const peeked = { type: envelope.type, id: envelope.id, time: envelope.time, ...(valid ? { envelope: valid } : {}) }
+  if (envelope.type === 'control' && envelope.data) {
+    return { ...peeked, control: { stepId: String(envelope.data.stepId), name: String(envelope.data.name), version: Number(envelope.data.version) } }
+  }
+  return peeked
 }

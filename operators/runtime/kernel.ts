@@ -1,5 +1,5 @@
 import { decodeEnvelope, encode } from '../../schemas/codec.ts'
-import { ENVELOPE_VERSION, type Control, type MergeEnvelope, type MergeStateEnvelope, type Source } from '../../schemas/envelope.ts'
+import { ENVELOPE_VERSION, type AnyEnvelope, type Control, type MergeEnvelope, type MergeStateEnvelope, type Source } from '../../schemas/envelope.ts'
 import { keyGroupOf, parseSubject, subjectFor, type Stage } from '../../topology/subjects.ts'
 import { deadLetterOf } from './dead-letter.ts'
 import { TimerHeap } from './heap.ts'
@@ -39,6 +39,8 @@ export interface InputMessage {
   seq: number
   subject: string
   data: Uint8Array
+  /** `data` already decoded and validated (decodeEnvelope) by a caller that had to read it: not decoded again. */
+  envelope?: AnyEnvelope
 }
 
 export interface Outgoing {
@@ -169,7 +171,7 @@ export function processMessage<State, Input>(
   let input: Input
   let key: string
   try {
-    envelope = decodeEnvelope(message.data)
+    envelope = message.envelope ?? decodeEnvelope(message.data)
     if (envelope.type === 'watermark') {
       // event time has reached envelope.time for this key group, though none of its keys had an event
       const name = watermarkKey(envelope.project, envelope.source)
