@@ -69,7 +69,7 @@ for (let round = 0; round < PER_USER; round++) {
     runner.apply(batch)
     if (performance.now() - lastPrint > 15_000) {
       lastPrint = performance.now()
-      console.log(`[bench-funnels state] round ${round + 1}/${PER_USER}: ${seq.toLocaleString('en-US')} events, ${runner.states.size.toLocaleString('en-US')} users in state, RSS ${mb(process.memoryUsage().rss)} MB`)
+      console.log(`[bench-funnels state] round ${round + 1}/${PER_USER}: ${seq.toLocaleString('en-US')} events, ${runner.users.toLocaleString('en-US')} users in state, RSS ${mb(process.memoryUsage().rss)} MB`)
     }
   }
 }
@@ -83,7 +83,7 @@ for (const state of runner.states.values()) {
   sampledBytes += encode(state).length
 }
 const meanMsgpack = Math.round(sampledBytes / Math.max(1, Math.ceil(sampled / 100)))
-const keys = runner.states.size
+const keys = runner.users
 const rssMb = mb(after.rss - before.rss)
 const heapMb = mb(after.heapUsed - before.heapUsed)
 console.log(`[bench-funnels state] measured at ${keys.toLocaleString('en-US')} users in state × ${FUNNELS.length} funnels (${seq.toLocaleString('en-US')} events, ${runner.counts.emitted.toLocaleString('en-US')} progress messages, built in ${seconds.toFixed(0)} s): RSS +${rssMb} MB (${mb(after.rss)} MB in all), V8 heap +${heapMb} MB; ${Math.round((after.heapUsed - before.heapUsed) / Math.max(1, keys))} B of heap per user; msgpack mean ${meanMsgpack} B per user`)

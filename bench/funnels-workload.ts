@@ -107,43 +107,58 @@ export const LATENESS = 5 * MINUTE
  */
 export function funnelRunner(control: FunnelDefinitions) {
   const operator = createFunnel({ keyGroups: KEY_GROUPS })
-  const states = new Map<string, FunnelState>()
-  const wakeAts = new Map<string, number>()
+  // a key's state and timer in one entry, as the kernel keeps them
+  const entries = new Map<string, { state: FunnelState; wakeAt: number | undefined }>()
   const timers = new TimerHeap()
   let largest = Number.NEGATIVE_INFINITY
   const counts = { emitted: 0, late: 0, timersFired: 0 }
   const origin = { stream: 'SEG_ENRICHED', seq: 0 }
-  const store = (key: string, state: FunnelState | undefined, wakeAt: number | undefined) => {
-    if (state === undefined) states.delete(key)
-    else states.set(key, state)
-    if (wakeAt === undefined || state === undefined) wakeAts.delete(key)
-    else if (wakeAts.get(key) !== wakeAt) {
-      wakeAts.set(key, wakeAt)
-      timers.push(wakeAt, key)
+  const store = (key: string, entry: { state: FunnelState; wakeAt: number | undefined } | undefined, state: FunnelState | undefined, wakeAt: number | undefined) => {
+    if (state === undefined) {
+      entries.delete(key)
+      return
     }
+    if (entry === undefined) entries.set(key, (entry = { state, wakeAt: undefined }))
+    else entry.state = state
+    if (wakeAt !== undefined && entry.wakeAt !== wakeAt) timers.schedule(wakeAt, key) // one heap entry per key, as the kernel keeps
+    entry.wakeAt = wakeAt
   }
   return {
-    counts, states,
+    counts,
+    /** Keys with a state. */
+    get users(): number {
+      return entries.size
+    },
+    /** The states, copied into a map of their own. */
+    get states(): Map<string, FunnelState> {
+      return new Map([...entries].map(([key, entry]) => [key, entry.state]))
+    },
     apply(batch: EnrichedEventEnvelope[]) {
       for (const envelope of batch) {
         const input: FunnelInput = { envelope, origin }
         const key = operator.keyOf(input)
-        const result = operator.onEvent(states.get(key) ?? operator.init(), input, { eventTime: envelope.time, watermark: largest - LATENESS, source: 'live', control })
+        const entry = entries.get(key)
+        const result = operator.onEvent(entry?.state ?? operator.init(), input, { eventTime: envelope.time, watermark: largest - LATENESS, source: 'live', control })
         counts.emitted += result.emit.length
         if (result.late) counts.late++
-        store(key, result.state, result.wakeAt)
+        store(key, entry, result.state, result.wakeAt)
         if (envelope.time <= largest) continue
         largest = envelope.time
         const now = largest - LATENESS
-        while (timers.size > 0 && timers.peek()!.at <= now) {
+        while (timers.size > 0 && timers.peekAt()! <= now) {
           const { at, key: timerKey } = timers.pop()!
-          const state = states.get(timerKey)
-          if (state === undefined || wakeAts.get(timerKey) !== at) continue // superseded, as in the kernel
-          wakeAts.delete(timerKey)
-          const result = operator.onTimer!(state, now)
+          const due = entries.get(timerKey)
+          if (due === undefined || due.wakeAt === undefined) continue
+          if (due.wakeAt > at) {
+            timers.schedule(due.wakeAt, timerKey) // moved later while this entry stood for it, as in the kernel
+            continue
+          }
+          if (due.wakeAt !== at) continue // superseded, as in the kernel
+          due.wakeAt = undefined
+          const result = operator.onTimer!(due.state, now)
           counts.emitted += result.emit.length
           counts.timersFired++
-          store(timerKey, result.state, result.wakeAt)
+          store(timerKey, due, result.state, result.wakeAt)
         }
       }
     },

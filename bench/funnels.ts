@@ -55,7 +55,8 @@ interface EncodedBatch {
   ends: Int32Array
 }
 
-const BATCH = 10_000
+/** The runtime's default batch size (operators/runtime/instance.ts): what it decodes and applies at once. */
+const BATCH = 1_000
 
 function encodeBatches(events: EnrichedEventEnvelope[]): EncodedBatch[] {
   const batches: EncodedBatch[] = []

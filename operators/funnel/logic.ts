@@ -352,7 +352,6 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     const time = envelope.time
     const id = data.message.messageId
     let lookup: PropertyLookup | undefined
-    let funnels: UserFunnel[] | undefined
     let late = false
     let touched: string[] | undefined
     for (let at = 0; at < concerned.length; at++) {
@@ -363,29 +362,27 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       const index = indexOf(state.funnels, funnel)
       const entry = index >= 0 ? state.funnels[index]! : { id: funnel.id, track: newTrack(funnel) }
       const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
-      const { track, outcome } = insert(funnel, entry.track, time, id, mask, breakdown, limits, watermark)
+      // the track changes in place (the state is the operator's: docs/operators.md, "State")
+      const { outcome } = insert(funnel, entry.track, time, id, mask, breakdown, limits, watermark)
       if (outcome === 'late') late = true
       if (outcome !== 'applied') continue
-      funnels ??= state.funnels.slice()
-      const changed: UserFunnel = { id: entry.id, track }
-      if (entry.sent !== undefined) changed.sent = entry.sent
-      if (entry.wake !== undefined) changed.wake = entry.wake
-      if (entry.sd !== undefined) changed.sd = entry.sd
-      place(funnels, changed)
+      if (index < 0) state.funnels.push(entry)
       ;(touched ??= []).push(entry.id)
     }
-    if (funnels === undefined) return late ? { ...unchanged(state), late } : unchanged(state)
-    const next: FunnelState = {
-      canonicalId: state.canonicalId || data.canonicalId, project: state.project || envelope.project,
-      funnels, sessions: state.sessions, source: envelope.source, origin, d: project.stamp,
-    }
+    if (touched === undefined) return late ? { ...unchanged(state), late } : unchanged(state)
+    state.canonicalId ||= data.canonicalId
+    state.project ||= envelope.project
+    state.source = envelope.source
+    state.origin = origin
+    state.d = project.stamp
     const out: Emission[] = []
-    const owner = ownerOf(next.canonicalId, next.project)
+    const owner = ownerOf(state.canonicalId, state.project)
+    const funnels = state.funnels
     for (let index = 0; index < funnels.length; index++) {
       const entry = funnels[index]!
-      if (touched!.includes(entry.id)) funnels[index] = report(out, owner, next, entry, watermark)
+      if (touched.includes(entry.id)) funnels[index] = report(out, owner, state, entry, watermark)
     }
-    return withWakeAt(next, out, late)
+    return withWakeAt(state, out, late)
   }
 
   function onSession(state: FunnelState, project: CompiledProject, envelope: SessionEnvelope, origin: Origin, watermark: number): StepResult<FunnelState> {
@@ -410,16 +407,19 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       const entry = index >= 0 ? funnels[index]! : { id: funnel.id, track: newTrack(funnel) }
       let track = entry.track
       if (known && !known.r) track = removeEvents(funnel, track, new Set([id]))
+      // insert changes the track in place: whether it did is in its outcome
+      let applied = track !== entry.track
       if (!retracted) {
         const mask = maskOf(funnel, SESSION_START, lookup)
         if (mask !== 0) {
           const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
           const inserted = insert(funnel, track, session.start, id, mask | PASSIVE_BIT, breakdown, limits, watermark)
           if (inserted.outcome === 'late') late = true
+          if (inserted.outcome === 'applied') applied = true
           track = inserted.track
         }
       }
-      if (track === entry.track) continue
+      if (!applied) continue
       touched.push(place(funnels, { ...entry, track }))
     }
     // too late everywhere: not even remembered, so a copy of it is refused again rather than taken for a duplicate

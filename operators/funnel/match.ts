@@ -360,7 +360,9 @@ export function summarize(state: MatchState, steps: number, windowMs: number, wa
 /**
  * One funnel for one user. `base` is the match state after the events folded out of the buffer
  * (up to the cut); `head` after those and every buffered event; the buffer holds the events
- * after the cut, sorted by (time, id), as parallel arrays (msgpack-friendly).
+ * after the cut, sorted by (time, id), as parallel arrays (msgpack-friendly). `insert` changes a
+ * track in place (the state it belongs to is the operator's); `removeEvents` and `mergeTracks`
+ * return new ones. Match states and attempts are never changed: `base` and `head` share them.
  */
 export interface Track {
   /** Definition version, steps and window it was computed under (a timer has no definitions at hand). */
@@ -416,7 +418,7 @@ export function replay(funnel: CompiledFunnel, track: Track): MatchState {
   return state
 }
 
-/** Folds the events more than the horizon behind the watermark (and those beyond the count bound) into `base`. */
+/** Folds the events more than the horizon behind the watermark (and those beyond the count bound) into `base`, in place. */
 function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits, watermark: number): Track {
   const count = track.t.length
   if (count === 0) return track
@@ -429,20 +431,23 @@ function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits, waterma
   if (drop === 0) return track
   let base = track.base
   for (let index = 0; index < drop; index++) base = advance(funnel, base, track.t[index]!, track.i[index]!, track.m[index]!, track.b?.[index])
-  return trackOf(track, base, track.head, track.t.slice(drop), track.i.slice(drop), track.m.slice(drop), track.b?.slice(drop), track.t[drop - 1]!, track.i[drop - 1]!)
+  track.base = base
+  track.cutT = track.t[drop - 1]!
+  track.cutI = track.i[drop - 1]!
+  track.t.splice(0, drop)
+  track.i.splice(0, drop)
+  track.m.splice(0, drop)
+  track.b?.splice(0, drop)
+  return track
 }
 
 export type InsertOutcome = 'applied' | 'duplicate' | 'late'
 
-function appended<T>(values: T[], value: T): T[] {
-  const copy = values.slice()
-  copy.push(value)
-  return copy
-}
-
 /**
- * Adds one event. In (time, id) order it advances `head` directly; out of order it is placed in
- * the buffer and `head` is replayed from `base`. Before the cut it is too late ('late', unchanged).
+ * Adds one event, in place: the track belongs to the user's state, which the operator owns (the
+ * runtime never looks at a state it handed to the operator again). In (time, id) order it
+ * advances `head` directly; out of order it is placed in the buffer and `head` is replayed from
+ * `base`. Before the cut it is too late ('late', unchanged).
  */
 export function insert(
   funnel: CompiledFunnel, track: Track, time: number, id: string, mask: number, breakdown: string | undefined, limits: TrackLimits, watermark: number,
@@ -462,28 +467,20 @@ export function insert(
     if (track.t[position] === time && track.i[position] === id) return { track, outcome: 'duplicate' }
   }
   const value = track.b ? breakdown ?? '' : undefined
-  let next: Track
   if (position === count) {
-    next = trackOf(
-      track, track.base, advance(funnel, track.head, time, id, mask, value),
-      appended(track.t, time), appended(track.i, id), appended(track.m, mask), track.b ? appended(track.b, value!) : undefined, track.cutT, track.cutI,
-    )
+    track.head = advance(funnel, track.head, time, id, mask, value)
+    track.t.push(time)
+    track.i.push(id)
+    track.m.push(mask)
+    track.b?.push(value!)
   } else {
-    const t = track.t.slice()
-    const i = track.i.slice()
-    const m = track.m.slice()
-    t.splice(position, 0, time)
-    i.splice(position, 0, id)
-    m.splice(position, 0, mask)
-    let b: string[] | undefined
-    if (track.b) {
-      b = track.b.slice()
-      b.splice(position, 0, value!)
-    }
-    next = trackOf(track, track.base, track.head, t, i, m, b, track.cutT, track.cutI)
-    next.head = replay(funnel, next)
+    track.t.splice(position, 0, time)
+    track.i.splice(position, 0, id)
+    track.m.splice(position, 0, mask)
+    track.b?.splice(position, 0, value!)
+    track.head = replay(funnel, track)
   }
-  return { track: trim(funnel, next, limits, watermark), outcome: 'applied' }
+  return { track: trim(funnel, track, limits, watermark), outcome: 'applied' }
 }
 
 /** Removes buffered events by id (sessions that moved or were retracted); the same track when none is buffered. */

@@ -1,15 +1,18 @@
 /**
  * A binary min-heap of (at, key) pairs, ordered by `at` then by key, so that timers due at the
  * same time fire in the same order in every run and every replay (their outputs' ids count
- * them). Stale entries are skipped by the caller.
+ * them). Stale entries are skipped by the caller. The pairs live in two parallel arrays (the
+ * times unboxed), not as an object each: a key group can hold a timer for each of 100,000 keys,
+ * and sifting then walks memory, not pointers.
  */
 export class TimerHeap {
-  #items: { at: number; key: string }[] = []
+  #at: number[] = []
+  #key: string[] = []
   /** Per key scheduled with {@link schedule}, the earliest `at` it has in the heap. */
   #earliest = new Map<string, number>()
 
   get size(): number {
-    return this.#items.length
+    return this.#at.length
   }
 
   /**
@@ -26,42 +29,60 @@ export class TimerHeap {
   }
 
   push(at: number, key: string): void {
-    const items = this.#items
-    items.push({ at, key })
-    let i = items.length - 1
+    const ats = this.#at
+    const keys = this.#key
+    let i = ats.length
+    ats.push(at)
+    keys.push(key)
+    // sift up: parents after (at, key) move down one level, then (at, key) goes in the hole
     while (i > 0) {
       const parent = (i - 1) >> 1
-      if (!before(items[i]!, items[parent]!)) break
-      ;[items[parent], items[i]] = [items[i]!, items[parent]!]
+      const parentAt = ats[parent]!
+      if (parentAt < at || (parentAt === at && keys[parent]! <= key)) break
+      ats[i] = parentAt
+      keys[i] = keys[parent]!
       i = parent
     }
+    ats[i] = at
+    keys[i] = key
+  }
+
+  /** The earliest time in the heap, if any. */
+  peekAt(): number | undefined {
+    return this.#at[0]
   }
 
   peek(): { at: number; key: string } | undefined {
-    return this.#items[0]
+    return this.#at.length === 0 ? undefined : { at: this.#at[0]!, key: this.#key[0]! }
   }
 
   pop(): { at: number; key: string } | undefined {
-    const items = this.#items
-    const top = items[0]
-    const last = items.pop()
-    if (items.length > 0 && last) {
-      items[0] = last
+    const ats = this.#at
+    const keys = this.#key
+    if (ats.length === 0) return undefined
+    const top = { at: ats[0]!, key: keys[0]! }
+    const lastAt = ats.pop()!
+    const lastKey = keys.pop()!
+    const size = ats.length
+    if (size > 0) {
+      // sift down: the smaller child moves up one level while it comes before the last entry
       let i = 0
       for (;;) {
         const left = 2 * i + 1
+        if (left >= size) break
+        let child = left
         const right = left + 1
-        let smallest = i
-        if (left < items.length && before(items[left]!, items[smallest]!)) smallest = left
-        if (right < items.length && before(items[right]!, items[smallest]!)) smallest = right
-        if (smallest === i) break
-        ;[items[smallest], items[i]] = [items[i]!, items[smallest]!]
-        i = smallest
+        if (right < size && (ats[right]! < ats[left]! || (ats[right] === ats[left] && keys[right]! < keys[left]!))) child = right
+        const childAt = ats[child]!
+        if (lastAt < childAt || (lastAt === childAt && lastKey <= keys[child]!)) break
+        ats[i] = childAt
+        keys[i] = keys[child]!
+        i = child
       }
+      ats[i] = lastAt
+      keys[i] = lastKey
     }
-    if (top && this.#earliest.get(top.key) === top.at) this.#earliest.delete(top.key)
+    if (this.#earliest.get(top.key) === top.at) this.#earliest.delete(top.key)
     return top
   }
 }
-
-const before = (a: { at: number; key: string }, b: { at: number; key: string }) => a.at < b.at || (a.at === b.at && a.key < b.key)

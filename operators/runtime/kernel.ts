@@ -361,7 +361,7 @@ function fireTimers<State, Input>(
   const heap = group.timers.get(name)
   if (!heap || !operator.onTimer) return
   let fired = 0
-  while (heap.size > 0 && heap.peek()!.at <= watermark) {
+  while (heap.size > 0 && heap.peekAt()! <= watermark) {
     const { at, key } = heap.pop()!
     const entry = group.keys.get(key)
     if (!entry || entry.wakeAt === undefined) continue // dropped, or its timer cleared

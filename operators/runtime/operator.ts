@@ -53,6 +53,11 @@ export interface Operator<State, Input> {
   toInput(envelope: AnyEnvelope, origin: Origin): Input
   /** The key (user) whose state this input touches. */
   keyOf(input: Input): string
+  /**
+   * The state is handed over: the runtime keeps only the state returned and never reads the one
+   * it passed in again, so the logic may change it in place and return it (docs/operators.md).
+   * What goes out in `emit` must not be changed afterwards.
+   */
   onEvent(state: State, input: Input, context: EventContext): StepResult<State>
   /**
    * Applies a definition change (a control message) to the project's definitions:

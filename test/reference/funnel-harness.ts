@@ -166,11 +166,14 @@ export function miniRuntime(options: { lateness?: number; roundTrip?: boolean; o
     return out
   }
   const store = (key: string, result: StepResult<FunnelState>) => {
+    // what was published is never changed afterwards (its step times are shared with the state's
+    // attempts, which are immutable); the state itself is the operator's to change at its next input
+    deepFreeze(result.emit)
     const out = check(result)
     if (result.late) lates++
     if (result.state === undefined) states.delete(key)
     else {
-      const state = options.roundTrip ? (decode(encode(result.state)) as FunnelState) : deepFreeze(result.state)
+      const state = options.roundTrip ? (decode(encode(result.state)) as FunnelState) : result.state
       states.set(key, { state, ...(result.wakeAt === undefined ? {} : { wakeAt: result.wakeAt }) })
     }
     return out
