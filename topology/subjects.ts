@@ -44,6 +44,17 @@ export function isProjectId(project: unknown): project is string {
  * agree on where a key lives.
  */
 export function fnv1a32(key: string): number {
+  // ASCII (nearly every id) is its own UTF-8: hashed from the string, without encoding it
+  let hash = 0x811c9dc5
+  for (let i = 0; i < key.length; i++) {
+    const code = key.charCodeAt(i)
+    if (code >= 0x80) return fnv1a32Bytes(key)
+    hash = Math.imul(hash ^ code, 0x01000193)
+  }
+  return hash >>> 0
+}
+
+function fnv1a32Bytes(key: string): number {
   const bytes = Buffer.from(key, 'utf8')
   let hash = 0x811c9dc5
   for (let i = 0; i < bytes.length; i++) {

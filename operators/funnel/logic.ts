@@ -363,7 +363,7 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
       const entry = index >= 0 ? state.funnels[index]! : { id: funnel.id, track: newTrack(funnel) }
       const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
       // the track changes in place (the state is the operator's: docs/operators.md, "State")
-      const { outcome } = insert(funnel, entry.track, time, id, mask, breakdown, limits, watermark)
+      const outcome = insert(funnel, entry.track, time, id, mask, breakdown, limits, watermark)
       if (outcome === 'late') late = true
       if (outcome !== 'applied') continue
       if (index < 0) state.funnels.push(entry)
@@ -413,10 +413,9 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
         const mask = maskOf(funnel, SESSION_START, lookup)
         if (mask !== 0) {
           const breakdown = funnel.breakdown !== undefined && startsAttempt(funnel, mask) ? breakdownValue(lookup(funnel.breakdown)) : undefined
-          const inserted = insert(funnel, track, session.start, id, mask | PASSIVE_BIT, breakdown, limits, watermark)
-          if (inserted.outcome === 'late') late = true
-          if (inserted.outcome === 'applied') applied = true
-          track = inserted.track
+          const outcome = insert(funnel, track, session.start, id, mask | PASSIVE_BIT, breakdown, limits, watermark)
+          if (outcome === 'late') late = true
+          if (outcome === 'applied') applied = true
         }
       }
       if (!applied) continue

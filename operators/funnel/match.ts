@@ -434,25 +434,33 @@ function trim(funnel: CompiledFunnel, track: Track, limits: TrackLimits, waterma
   track.base = base
   track.cutT = track.t[drop - 1]!
   track.cutI = track.i[drop - 1]!
-  track.t.splice(0, drop)
-  track.i.splice(0, drop)
-  track.m.splice(0, drop)
-  track.b?.splice(0, drop)
+  if (drop === 1) {
+    // the usual case, one event out for one in: shift moves no element and allocates nothing
+    track.t.shift()
+    track.i.shift()
+    track.m.shift()
+    track.b?.shift()
+  } else {
+    track.t.splice(0, drop)
+    track.i.splice(0, drop)
+    track.m.splice(0, drop)
+    track.b?.splice(0, drop)
+  }
   return track
 }
 
 export type InsertOutcome = 'applied' | 'duplicate' | 'late'
 
 /**
- * Adds one event, in place: the track belongs to the user's state, which the operator owns (the
+ * Adds one event to the track, in place: the track belongs to the user's state, which the operator owns (the
  * runtime never looks at a state it handed to the operator again). In (time, id) order it
  * advances `head` directly; out of order it is placed in the buffer and `head` is replayed from
  * `base`. Before the cut it is too late ('late', unchanged).
  */
 export function insert(
   funnel: CompiledFunnel, track: Track, time: number, id: string, mask: number, breakdown: string | undefined, limits: TrackLimits, watermark: number,
-): { track: Track; outcome: InsertOutcome } {
-  if (track.cutT !== undefined && !precedes(track.cutT, track.cutI!, time, id)) return { track, outcome: 'late' }
+): InsertOutcome {
+  if (track.cutT !== undefined && !precedes(track.cutT, track.cutI!, time, id)) return 'late'
   const count = track.t.length
   let position = count
   if (count > 0 && !precedes(track.t[count - 1]!, track.i[count - 1]!, time, id)) {
@@ -464,7 +472,7 @@ export function insert(
       else high = middle
     }
     position = low
-    if (track.t[position] === time && track.i[position] === id) return { track, outcome: 'duplicate' }
+    if (track.t[position] === time && track.i[position] === id) return 'duplicate'
   }
   const value = track.b ? breakdown ?? '' : undefined
   if (position === count) {
@@ -480,7 +488,8 @@ export function insert(
     track.b?.splice(position, 0, value!)
     track.head = replay(funnel, track)
   }
-  return { track: trim(funnel, track, limits, watermark), outcome: 'applied' }
+  trim(funnel, track, limits, watermark)
+  return 'applied'
 }
 
 /** Removes buffered events by id (sessions that moved or were retracted); the same track when none is buffered. */
