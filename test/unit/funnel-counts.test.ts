@@ -2,8 +2,9 @@ import assert from 'node:assert/strict'
 import fc from 'fast-check'
 import t from 'tap'
 import { applyProgress, createFunnelCounts, emptyStepCounts, type FunnelCountsState } from '../../operators/counts/funnels.ts'
-import { emptyKeyGroup, newCounters, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type Outgoing } from '../../operators/runtime/kernel.ts'
-import { decode, decodeEnvelope, encode } from '../../schemas/codec.ts'
+import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type KeyGroupState, type Outgoing } from '../../operators/runtime/kernel.ts'
+import { checkpointCopy } from '../harness/checkpoint.ts'
+import { decodeEnvelope, encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type FunnelProgressEnvelope, type LiveFunnelCountsEnvelope, type WatermarkEnvelope } from '../../schemas/envelope.ts'
 import { DURATION_BUCKETS_MS, durationBucketOf, type FunnelDefinition, type FunnelProgress, type FunnelStepCounts } from '../../schemas/funnel.ts'
 import { definitionsOf, eventInput, miniRuntime } from '../reference/funnel-harness.ts'
@@ -123,14 +124,6 @@ function watermark(time: number, keyGroup = 1): InputMessage {
 }
 const published = (outputs: Outgoing[]) => outputs.map((output) => ({ subject: output.subject, id: output.msgId, envelope: decodeEnvelope(output.data) as LiveFunnelCountsEnvelope }))
 
-function copyOf(group: KeyGroupState<FunnelCountsState>): KeyGroupState<FunnelCountsState> {
-  const copy = emptyKeyGroup<FunnelCountsState>(group.keyGroup, group.epoch)
-  copy.offsets = decode(encode(group.offsets)) as Record<string, number>
-  copy.maxEventTime = decode(encode(group.maxEventTime)) as Record<string, number>
-  for (const [key, entry] of group.keys) copy.keys.set(key, decode(encode(entry)) as typeof entry)
-  rebuildTimers(copy)
-  return copy
-}
 
 t.test('through the kernel: published on funnel_counts, coalesced, and a replay from any checkpoint publishes the same', async (t) => {
   const messages: InputMessage[] = []
@@ -154,7 +147,7 @@ t.test('through the kernel: published on funnel_counts, coalesced, and a replay 
   const group = emptyKeyGroup<FunnelCountsState>(1, 1)
   const all: ReturnType<typeof published> = []
   for (let at = 0; at < messages.length; at++) {
-    const checkpoint = copyOf(group)
+    const checkpoint = checkpointCopy(group)
     const once = published(processMessage(counter, group, messages[at]!, kernelOptions, newCounters()))
     const again = published(processMessage(counter, checkpoint, messages[at]!, kernelOptions, newCounters()))
     assert.deepEqual(again, once, `message ${at}: replayed from the checkpoint before it`)
