@@ -1,17 +1,20 @@
 /**
  * Live counts, the logic alone (no broker): what saved segments cost the profile step per event,
  * what creating one costs a key group full of users, and how fast the live-counts step applies
- * membership changes. Prints figures; asserts nothing.
+ * membership changes and funnel-counts funnel progress messages (beside it, in alternating rounds).
+ * Prints figures, the last line JSON; asserts nothing.
  *
  *   node bench/live.ts [--users 20000] [--events 200000]
  */
 import { parseArgs } from 'node:util'
 import { createCounts, type CountsState } from '../operators/counts/logic.ts'
+import { createFunnelCounts, type FunnelCountsState } from '../operators/counts/funnels.ts'
 import { createProfile, type ProfileState } from '../operators/profile/logic.ts'
 import { applySegmentControl, type ProfileDefinitions } from '../operators/profile/segments.ts'
 import { emptyKeyGroup, newCounters, processMessage, type InputMessage } from '../operators/runtime/kernel.ts'
 import { encode } from '../schemas/codec.ts'
-import { ENVELOPE_VERSION, type ControlEnvelope, type EnrichedEventEnvelope, type SegmentMembershipEnvelope } from '../schemas/envelope.ts'
+import { ENVELOPE_VERSION, type ControlEnvelope, type EnrichedEventEnvelope, type FunnelProgressEnvelope, type SegmentMembershipEnvelope } from '../schemas/envelope.ts'
+import type { FunnelPreviousProgress } from '../schemas/funnel.ts'
 
 const { values } = parseArgs({ options: { users: { type: 'string', default: '20000' }, events: { type: 'string', default: '200000' } } })
 const USERS = Number(values.users)
@@ -108,6 +111,45 @@ function countsChangesPerSecond(): number {
   return EVENTS / seconds
 }
 
+/**
+ * funnel-counts through the kernel: each user of a 3-step funnel goes in progress at level 1, 2,
+ * then converts or drops, one progress message per change with its `previous`.
+ */
+function funnelProgressPerSecond(): { perSecond: number; published: number; meanBytes: number; meanBytesWithoutPrevious: number } {
+  const counter = createFunnelCounts()
+  const group = emptyKeyGroup<FunnelCountsState>(0, 1)
+  const options = { stepId: 'funnel-counts', latenessOf: () => 300_000, idleTtlMs: Number.POSITIVE_INFINITY, clock: () => 0, keyGroups: 1 }
+  const messages: InputMessage[] = []
+  let bytes = 0
+  let bytesWithoutPrevious = 0
+  for (let i = 0; i < EVENTS; i++) {
+    const user = i % USERS
+    const version = Math.floor(i / USERS) + 1
+    const time = T0 + i * 10
+    const start = T0 + user * 10
+    const said = (n: number): FunnelPreviousProgress => {
+      const level = Math.min(3, n)
+      const status = n >= 4 ? (user % 2 === 0 ? 'dropped' : 'converted') : level === 3 ? 'converted' : 'in_progress'
+      return { level: status === 'dropped' ? 2 : level, status, stepTimes: Array.from({ length: status === 'dropped' ? 2 : level }, (_, k) => start + k * 60_000) }
+    }
+    const envelope: FunnelProgressEnvelope = {
+      v: ENVELOPE_VERSION, type: 'funnel_progress', project: 'p', id: `checkout:1:u${user}:${version}`, time, key: `u${user}`, keyGroup: 0, source: 'live',
+      origin: { stream: 'SEG_ENRICHED', seq: i },
+      data: { funnelId: 'checkout', funnelVersion: 1, canonicalId: `u${user}`, version, steps: 3, asOf: time, ...said(version), ...(version > 1 ? { previous: said(version - 1) } : {}) },
+    }
+    const data = encode(envelope)
+    bytes += data.length
+    const { previous: _previous, ...withoutPrevious } = envelope.data
+    bytesWithoutPrevious += encode({ ...envelope, data: withoutPrevious }).length
+    messages.push({ stream: 'SEG_FUNNELS', seq: i + 1, subject: 'seg.p.funnels.0', data })
+  }
+  const counters = newCounters()
+  const started = performance.now()
+  let published = 0
+  for (const message of messages) published += processMessage(counter, group, message, options, counters).length
+  return { perSecond: EVENTS / ((performance.now() - started) / 1000), published, meanBytes: bytes / EVENTS, meanBytesWithoutPrevious: bytesWithoutPrevious / EVENTS }
+}
+
 console.log(`users ${USERS}, events ${EVENTS}`)
 // the machine is shared: rounds alternate the configurations, and the median of each is printed
 const ROUNDS = 3
@@ -128,4 +170,19 @@ for (const before of [0, 199]) {
   const { ms, entered } = segmentCreationMs(before)
   console.log(`a segment created (${before} already defined) in a key group of ${USERS} users: ${ms.toFixed(0)} ms at the control message, ${entered} users entered`)
 }
-console.log(`live-counts through the kernel (decode included): ${Math.round(countsChangesPerSecond()).toLocaleString('en')} membership changes/s`)
+// the two counters in alternating rounds: the figures of one round share the machine's load
+const countsRates: number[] = []
+const funnelRates: number[] = []
+let funnelRun = { perSecond: 0, published: 0, meanBytes: 0, meanBytesWithoutPrevious: 0 }
+for (let round = 0; round < ROUNDS; round++) {
+  countsRates.push(countsChangesPerSecond())
+  funnelRun = funnelProgressPerSecond()
+  funnelRates.push(funnelRun.perSecond)
+}
+const rates = (values: number[]) => values.map((value) => Math.round(value).toLocaleString('en')).join(' / ')
+console.log(`live-counts through the kernel (decode included): ${Math.round(median(countsRates)).toLocaleString('en')} membership changes/s (median of ${ROUNDS}: ${rates(countsRates)})`)
+console.log(`funnel-counts through the kernel (decode included): ${Math.round(median(funnelRates)).toLocaleString('en')} progress messages/s (median of ${ROUNDS}: ${rates(funnelRates)}), ${funnelRun.published} publications, ${funnelRun.meanBytes.toFixed(0)} B per progress message with previous (${funnelRun.meanBytesWithoutPrevious.toFixed(0)} B without)`)
+console.log(JSON.stringify({
+  users: USERS, events: EVENTS, live_counts_changes_per_s: Math.round(median(countsRates)), funnel_counts_progress_per_s: Math.round(median(funnelRates)),
+  funnel_counts_publications: funnelRun.published, funnel_progress_mean_bytes: Math.round(funnelRun.meanBytes), funnel_progress_mean_bytes_without_previous: Math.round(funnelRun.meanBytesWithoutPrevious),
+}))

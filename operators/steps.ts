@@ -24,6 +24,7 @@ import { createFunnel, FUNNEL_STEP_ID } from './funnel/logic.ts'
 import { startFunnelBackfill } from './funnel/backfill-worker.ts'
 import { createAggregates } from './aggregate/logic.ts'
 import { createCounts } from './counts/logic.ts'
+import { createFunnelCounts } from './counts/funnels.ts'
 import { createProfile } from './profile/logic.ts'
 import { createSessionize, DEFAULT_HORIZON_MS as SESSION_HORIZON_MS } from './sessionize/logic.ts'
 import { aggregateRowOf, eventsSinkItemOf, funnelProgressRowOf, profileRowOf, sessionRowOf } from './sink/rows.ts'
@@ -82,6 +83,7 @@ export const OPERATORS: Record<string, (context: StepContext) => Operator<any, a
     timezoneOf: (project) => context.projects?.byId(project)?.timezone ?? 'UTC',
   }),
   'live-counts': () => createCounts(),
+  'funnel-counts': () => createFunnelCounts(),
 }
 
 /**
@@ -111,6 +113,7 @@ const IDLE_TTL_MS: Record<string, number> = {
   aggregates: Number.POSITIVE_INFINITY,
   // a key is one key group's counts: starting over would lose every member counted so far
   'live-counts': Number.POSITIVE_INFINITY,
+  'funnel-counts': Number.POSITIVE_INFINITY,
 }
 
 /**

@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr'
 import { Compile } from 'typebox/compile'
 import type { TSchema, Static } from 'typebox'
-import { AggregateEnvelope, AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, FunnelProgressEnvelope, LiveCountsEnvelope, MergeEnvelope, MergeStateEnvelope, ProfileEnvelope, RawEventEnvelope, SegmentMembershipEnvelope, SessionEnvelope, WatermarkEnvelope } from './envelope.ts'
+import { AggregateEnvelope, AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, EnrichedEventEnvelope, FunnelProgressEnvelope, LiveCountsEnvelope, LiveFunnelCountsEnvelope, MergeEnvelope, MergeStateEnvelope, ProfileEnvelope, RawEventEnvelope, SegmentMembershipEnvelope, SessionEnvelope, WatermarkEnvelope } from './envelope.ts'
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
@@ -56,6 +56,7 @@ const byType = {
   funnel_progress: validator(FunnelProgressEnvelope, 'envelope'),
   aggregate: validator(AggregateEnvelope, 'envelope'),
   live_counts: validator(LiveCountsEnvelope, 'envelope'),
+  live_funnel_counts: validator(LiveFunnelCountsEnvelope, 'envelope'),
 } as const
 
 /**

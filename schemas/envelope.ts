@@ -3,7 +3,7 @@ import { EnrichedContext } from './enriched.ts'
 import { SegmentMessage } from './segment.ts'
 import { ProfileChange, SegmentMembershipChange } from './profile.ts'
 import { SessionChange } from './session.ts'
-import { LiveCounts } from './counts.ts'
+import { LiveCounts, LiveFunnelCounts } from './counts.ts'
 import { FunnelProgress } from './funnel.ts'
 import { Source } from './source.ts'
 import { AggregateResult } from './aggregate.ts'
@@ -157,6 +157,10 @@ export type AggregateEnvelope = Static<typeof AggregateEnvelope>
 export const LiveCountsEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('live_counts'), data: LiveCounts })
 export type LiveCountsEnvelope = Static<typeof LiveCountsEnvelope>
 
+/** On `seg.<project>.funnel_counts.<kg>`: one key group's absolute, versioned funnel step counts (docs/live.md). `key` is the key group. */
+export const LiveFunnelCountsEnvelope = Type.Object({ ...envelopeFields, type: Type.Literal('live_funnel_counts'), data: LiveFunnelCounts })
+export type LiveFunnelCountsEnvelope = Static<typeof LiveFunnelCountsEnvelope>
+
 /**
  * Event time has reached `time` for the project and source in this key group: published by the
  * collector into every key group (gateway/collector/watermarks.ts) and forwarded by every
@@ -168,6 +172,6 @@ export type WatermarkEnvelope = Static<typeof WatermarkEnvelope>
 export const AnyEnvelope = Type.Union([
   RawEventEnvelope, EnrichedEventEnvelope, DeadLetterEnvelope, ControlEnvelope, MergeEnvelope, MergeStateEnvelope, SessionEnvelope,
   ProfileEnvelope, SegmentMembershipEnvelope, WatermarkEnvelope, AggregateEnvelope,
-  FunnelProgressEnvelope, LiveCountsEnvelope,
+  FunnelProgressEnvelope, LiveCountsEnvelope, LiveFunnelCountsEnvelope,
 ])
 export type AnyEnvelope = Static<typeof AnyEnvelope>

@@ -161,6 +161,19 @@ export const FunnelStatus = Type.Union([
 export type FunnelStatus = Static<typeof FunnelStatus>
 
 /**
+ * What the previous message for the same (funnel, funnel version, user) said, in the fields that are
+ * counted: a counter takes its contribution away and adds the new message's, keeping no per-user
+ * state (docs/funnels.md, "Messages"; docs/live.md, "Funnel step counts").
+ */
+export const FunnelPreviousProgress = Type.Object({
+  level: Type.Integer({ minimum: 0, maximum: MAX_STEPS }),
+  status: FunnelStatus,
+  stepTimes: Type.Array(Type.Number(), { maxItems: MAX_STEPS }),
+  breakdown: Type.Optional(Type.String()),
+}, { additionalProperties: false })
+export type FunnelPreviousProgress = Static<typeof FunnelPreviousProgress>
+
+/**
  * On `seg.<project>.funnels.<kg>` (routed by canonical user id): "user `canonicalId` reached step
  * `level` of funnel `funnelId` at `stepTimes[level - 1]`", as it now stands. Consumers keep the
  * highest `version` per (funnelId, funnelVersion, canonicalId); a message with status `none`
@@ -185,6 +198,8 @@ export const FunnelProgress = Type.Object({
   asOf: Type.Number(),
   /** The user's progress moved to this user (identity merge); status `none`. */
   mergedInto: Type.Optional(Type.String()),
+  /** What message `version - 1` said (its level, status, step times, breakdown); absent on version 1. */
+  previous: Type.Optional(FunnelPreviousProgress),
 }, { additionalProperties: false })
 export type FunnelProgress = Static<typeof FunnelProgress>
 
@@ -207,24 +222,21 @@ export function durationBucketOf(ms: number): number {
 }
 
 /**
- * Per key group (and breakdown value), what a live dashboard sums across key groups: users per
+ * One funnel version's step counts in one key group, what a live dashboard sums across key groups
+ * (published by the `funnel-counts` step inside `live_funnel_counts`, schemas/counts.ts): users per
  * level and status, and the times to convert between consecutive steps as bucket counts (merge by
- * adding; a median or p90 is read off the cumulative counts, to a bucket's precision).
+ * adding; a median or p90 is read off the cumulative counts, to a bucket's precision). All users of
+ * the funnel: no segment restriction, no breakdown (docs/live.md).
  */
 export const FunnelStepCounts = Type.Object({
   funnelId: Type.String(),
   funnelVersion: Type.Integer({ minimum: 1 }),
-  keyGroup: Type.Integer({ minimum: 0 }),
-  /** Absent: all users; present: those whose counted attempt's breakdown value is this (`''` for none). */
-  breakdown: Type.Optional(Type.String()),
-  /** Event time (ms) the counts are as of. */
-  asOf: Type.Number(),
-  /** `reached[k]`: users who reached step k + 1 (so `reached[0]` entered the funnel). */
-  reached: Type.Array(Type.Integer({ minimum: 0 }), { minItems: MIN_STEPS, maxItems: MAX_STEPS }),
+  /** `reached[k]`: users who reached step k + 1 (so `reached[0]` entered the funnel); one entry per step. */
+  reached: Type.Array(Type.Integer(), { minItems: MIN_STEPS, maxItems: MAX_STEPS }),
   /** `inProgress[k]` / `dropped[k]`: users whose level is exactly k + 1, by status; the last entry of each is 0 (converted). */
-  inProgress: Type.Array(Type.Integer({ minimum: 0 }), { minItems: MIN_STEPS, maxItems: MAX_STEPS }),
-  dropped: Type.Array(Type.Integer({ minimum: 0 }), { minItems: MIN_STEPS, maxItems: MAX_STEPS }),
-  /** `conversionTimes[k][b]`: users whose step k + 2 came within bucket b (DURATION_BUCKETS_MS) of their step k + 1. */
-  conversionTimes: Type.Array(Type.Array(Type.Integer({ minimum: 0 })), { maxItems: MAX_STEPS - 1 }),
+  inProgress: Type.Array(Type.Integer(), { minItems: MIN_STEPS, maxItems: MAX_STEPS }),
+  dropped: Type.Array(Type.Integer(), { minItems: MIN_STEPS, maxItems: MAX_STEPS }),
+  /** `conversionTimes[k][b]`: users whose step k + 2 came within bucket b (DURATION_BUCKETS_MS, then the open bucket) of their step k + 1. */
+  conversionTimes: Type.Array(Type.Array(Type.Integer()), { maxItems: MAX_STEPS - 1 }),
 }, { additionalProperties: false })
 export type FunnelStepCounts = Static<typeof FunnelStepCounts>

@@ -30,7 +30,7 @@ t.test('the README shows the current topology graph', async (t) => {
 t.test('topology validate and graph', async (t) => {
   const validate = await segstream(['topology', 'validate'])
   t.equal(validate.code, 0, validate.stderr)
-  t.match(validate.stdout, /topology valid: 11 streams, 4 KV buckets, 13 steps/)
+  t.match(validate.stdout, /topology valid: 11 streams, 4 KV buckets, 14 steps/)
   const graph = await segstream(['topology', 'graph'])
   t.equal(graph.stdout.trim(), topologyToMermaid(segstreamTopology()))
 })

@@ -29,6 +29,7 @@ t.test('apply creates everything, then changes nothing', async (t) => {
   const counts = await jsm.streams.info('SEG_COUNTS')
   t.equal(counts.config.max_msgs_per_subject, 1, 'live counts: the latest message per subject is all that is kept')
   t.equal(counts.config.max_age, 0, 'however old')
+  t.same(counts.config.subjects, ['seg.*.counts.*', 'seg.*.funnel_counts.*'], 'segment counts and funnel step counts, each key group on its own subject')
 
   // a safe change (longer retention) is applied as an update
   const longer = await applyTopology(nc, segstreamTopology({ ...small, streamMaxAgeMs: 14 * 86_400_000 }), { keyGroups: 16 })

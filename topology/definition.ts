@@ -43,7 +43,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
       { name: 'SEG_BACKFILL', description: 'Backfill seeds: each user\'s funnel track over the history before a new funnel version, read by the funnel step only', subjects: [stageFilter('backfill')], ...eventStream },
       { name: 'SEG_AGGREGATES', description: 'Windowed aggregates: per key group and source, partial event counts and distinct users of each window and group, routed by the group', subjects: [stageFilter('aggregates')], ...eventStream },
       // latest values, not a log: one message per subject (project, key group), kept however old
-      { name: 'SEG_COUNTS', description: 'Live counts per project and key group: absolute, versioned, the latest per subject', subjects: [stageFilter('counts')], ...eventStream, maxAgeMs: 0, maxBytes: Math.min(maxBytes, GIB / 4), maxMessagesPerSubject: 1 },
+      { name: 'SEG_COUNTS', description: 'Live counts per project and key group (segments; funnel steps): absolute, versioned, the latest per subject', subjects: [stageFilter('counts'), stageFilter('funnel_counts')], ...eventStream, maxAgeMs: 0, maxBytes: Math.min(maxBytes, GIB / 4), maxMessagesPerSubject: 1 },
       { name: 'SEG_LATE', description: 'Inputs too late for a window already closed, as they came', subjects: [stageFilter('late')], ...eventStream, maxBytes: Math.min(maxBytes, GIB / 4) },
       { name: 'SEG_DLQ', description: 'Rejected and poison messages with the reason and the original payload', subjects: [stageFilter('dlq')], ...eventStream, maxAgeMs: 30 * DAY, maxBytes: Math.min(maxBytes, GIB / 4) },
     ],
@@ -125,6 +125,15 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         module: 'operators/counts',
         inputs: [stageFilter('profiles')],
         outputs: [stageFilter('counts'), stageFilter('dlq')],
+        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+      },
+      {
+        stepId: 'funnel-counts',
+        kind: 'operator',
+        description: 'Funnel step counts per key group: users per step reached, in progress and dropped, times to convert, from progress messages; absolute and versioned',
+        module: 'operators/counts',
+        inputs: [stageFilter('funnels')],
+        outputs: [stageFilter('funnel_counts'), stageFilter('dlq')],
         consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
       },
       {

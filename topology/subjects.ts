@@ -11,7 +11,7 @@
 export const SUBJECT_ROOT = 'seg'
 
 /** Stages that carry per-key-group traffic. */
-export const STAGES = ['raw', 'import', 'enriched', 'sessions', 'profiles', 'funnels', 'aggregates', 'counts', 'backfill', 'late', 'dlq'] as const
+export const STAGES = ['raw', 'import', 'enriched', 'sessions', 'profiles', 'funnels', 'aggregates', 'counts', 'funnel_counts', 'backfill', 'late', 'dlq'] as const
 export type Stage = (typeof STAGES)[number]
 
 const PROJECT_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/

@@ -6,14 +6,15 @@ import { stageFilter } from '../../topology/subjects.ts'
 import { backoffMs, sleep } from '../../operators/runtime/retry.ts'
 import { LiveCountsBook, type LiveSums } from './book.ts'
 
-/** The stream of live counts (topology/definition.ts): one message kept per (project, key group). */
+/** The stream of live counts (topology/definition.ts): one message kept per (project, stage, key group). */
 export const COUNTS_STREAM = 'SEG_COUNTS'
 
 export type LiveListener = (sums: LiveSums) => void
 
 /**
- * Keeps the gateway's book of live counts current: one ordered consumer over SEG_COUNTS that
- * starts with the last message of every subject (each key group's latest counts: the initial
+ * Keeps the gateway's book of live counts current: one ordered consumer over SEG_COUNTS (segment
+ * counts and funnel step counts) that starts with the last message of every subject (each key
+ * group's latest counts: the initial
  * load) and then receives every new one, with no gap between the two. Tells the listeners of a
  * project when its sums changed. A broker outage is waited out; the consumer resumes after the
  * last message it saw.
@@ -64,7 +65,7 @@ export class LiveCountsFeed {
       try {
         const stored = (await (await js.jetstreamManager()).streams.info(COUNTS_STREAM)).state.messages
         if (stored === 0) this.#loaded()
-        const consumer = await js.consumers.get(COUNTS_STREAM, { filter_subjects: [stageFilter('counts')], deliver_policy: DeliverPolicy.LastPerSubject })
+        const consumer = await js.consumers.get(COUNTS_STREAM, { filter_subjects: [stageFilter('counts'), stageFilter('funnel_counts')], deliver_policy: DeliverPolicy.LastPerSubject })
         this.#messages = await consumer.consume()
         if (signal.aborted) break
         for await (const message of this.#messages) {
@@ -84,14 +85,17 @@ export class LiveCountsFeed {
   #take(subject: string, data: Uint8Array) {
     try {
       const envelope = decodeEnvelope(data)
-      if (envelope.type !== 'live_counts') return
-      if (!this.book.apply(envelope.project, envelope.data)) return
+      if (envelope.type === 'live_counts') {
+        if (!this.book.apply(envelope.project, envelope.data)) return
+      } else if (envelope.type === 'live_funnel_counts') {
+        if (!this.book.applyFunnels(envelope.project, envelope.data)) return
+      } else return
       const listeners = this.#listeners.get(envelope.project)
       if (!listeners || listeners.size === 0) return
       const sums = this.book.sums(envelope.project)
       for (const listener of listeners) listener(sums)
     } catch (error) {
-      this.#logger.warn({ err: error, subject }, 'live counts: a message that is not live_counts was skipped')
+      this.#logger.warn({ err: error, subject }, 'live counts: a message that is not live_counts or live_funnel_counts was skipped')
     }
   }
 }

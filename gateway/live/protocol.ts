@@ -1,10 +1,11 @@
-import type { LiveSums } from './book.ts'
+import type { FunnelSums, LiveSums } from './book.ts'
+import { funnelView, type LiveFunnel, type LiveFunnelView } from './funnels.ts'
 
 /**
  * The WebSocket protocol of `/v1/live` (docs/live.md). JSON text frames.
  *
- * Client → server: `{ "type": "watch", "engagement"?: true, "segments"?: ["seg_..."] }` says what
- * the client shows; each watch replaces the previous one.
+ * Client → server: `{ "type": "watch", "engagement"?: true, "segments"?: ["seg_..."], "funnels"?: ["signup"] }`
+ * says what the client shows; each watch replaces the previous one.
  * Server → client: `counts` at once after a watch, then whenever a watched number changes, at
  * most `MAX_PUSHES_PER_SECOND` a second; `error` for a message it cannot take (the socket stays
  * open).
@@ -14,10 +15,13 @@ import type { LiveSums } from './book.ts'
 export const MAX_PUSHES_PER_SECOND = 4
 /** Segments one watch may name. */
 export const MAX_WATCHED_SEGMENTS = 200
+/** Funnels one watch may name (a project has at most 100). */
+export const MAX_WATCHED_FUNNELS = 100
 
 export interface Watch {
   engagement: boolean
   segments: string[]
+  funnels: string[]
 }
 
 export interface CountsMessage {
@@ -29,6 +33,8 @@ export interface CountsMessage {
   engagement?: LiveSums['engagement']
   /** Users per watched segment; null for a segment without a live size (behavioural conditions). */
   segments?: Record<string, number | null>
+  /** Per watched funnel id, its step counts (the version current when watched). */
+  funnels?: Record<string, LiveFunnelView>
 }
 
 export interface ErrorMessage {
@@ -49,20 +55,28 @@ export function parseWatch(text: string): Watch | { error: string } {
   if (typeof message !== 'object' || message === null || (message as { type?: unknown }).type !== 'watch') {
     return { error: 'unknown message: the one message is {"type":"watch","engagement":true,"segments":["seg_..."]}' }
   }
-  const { engagement, segments, ...rest } = message as { type: string; engagement?: unknown; segments?: unknown }
+  const { engagement, segments, funnels, ...rest } = message as { type: string; engagement?: unknown; segments?: unknown; funnels?: unknown }
   const unknown = Object.keys(rest).filter((field) => field !== 'type')
-  if (unknown.length > 0) return { error: `watch: unknown field "${unknown[0]}"; expected engagement, segments` }
+  if (unknown.length > 0) return { error: `watch: unknown field "${unknown[0]}"; expected engagement, segments, funnels` }
   if (engagement !== undefined && typeof engagement !== 'boolean') return { error: 'watch.engagement: true or false' }
   if (segments !== undefined && (!Array.isArray(segments) || !segments.every((id) => typeof id === 'string' && id.length > 0 && id.length <= 64))) {
     return { error: 'watch.segments: a list of segment ids' }
   }
   const ids = [...new Set((segments as string[] | undefined) ?? [])]
   if (ids.length > MAX_WATCHED_SEGMENTS) return { error: `watch.segments: at most ${MAX_WATCHED_SEGMENTS}` }
-  return { engagement: engagement === true, segments: ids }
+  if (funnels !== undefined && (!Array.isArray(funnels) || !funnels.every((id) => typeof id === 'string' && id.length > 0 && id.length <= 128))) {
+    return { error: 'watch.funnels: a list of funnel ids' }
+  }
+  const funnelIds = [...new Set((funnels as string[] | undefined) ?? [])]
+  if (funnelIds.length > MAX_WATCHED_FUNNELS) return { error: `watch.funnels: at most ${MAX_WATCHED_FUNNELS}` }
+  return { engagement: engagement === true, segments: ids, funnels: funnelIds }
 }
 
-/** What a watch shows of the sums; `notLive` are the watched segments without a live size. */
-export function countsMessage(sums: LiveSums, watch: Watch, notLive: ReadonlySet<string>, totalKeyGroups: number): CountsMessage {
+/**
+ * What a watch shows of the sums; `notLive` are the watched segments without a live size; `funnels`
+ * the watched funnels with their summed step counts.
+ */
+export function countsMessage(sums: LiveSums, watch: Watch, notLive: ReadonlySet<string>, totalKeyGroups: number, funnels: ReadonlyArray<[LiveFunnel, FunnelSums]> = []): CountsMessage {
   const message: CountsMessage = {
     type: 'counts',
     asOf: sums.asOf === null ? null : new Date(sums.asOf).toISOString(),
@@ -72,8 +86,10 @@ export function countsMessage(sums: LiveSums, watch: Watch, notLive: ReadonlySet
   if (watch.segments.length > 0) {
     message.segments = Object.fromEntries(watch.segments.map((id) => [id, notLive.has(id) ? null : Object.hasOwn(sums.segments, id) ? sums.segments[id]! : 0]))
   }
+  if (watch.funnels.length > 0) message.funnels = Object.fromEntries(funnels.map(([funnel, funnelSums]) => [funnel.id, funnelView(funnel, funnelSums)]))
   return message
 }
 
 /** The numbers a push is about: a new push only when they differ from the last one's. */
-export const numbersOf = (message: CountsMessage) => JSON.stringify([message.engagement, message.segments])
+export const numbersOf = (message: CountsMessage) =>
+  JSON.stringify([message.engagement, message.segments, Object.values(message.funnels ?? {}).map((funnel) => funnel.steps)])

@@ -7,6 +7,7 @@ import { sleep } from '../../operators/runtime/retry.ts'
 import { UnauthorizedError } from '../errors.ts'
 import { ErrorBody } from '../explore/schemas.ts'
 import { LiveCountsFeed } from '../live/feed.ts'
+import { funnelView, liveFunnels, LiveFunnelView, type LiveFunnel } from '../live/funnels.ts'
 import { countsMessage, MAX_PUSHES_PER_SECOND, numbersOf, parseWatch, type ServerMessage, type Watch } from '../live/protocol.ts'
 import { savedSegments } from '../live/segments.ts'
 import { PushThrottle } from '../live/throttle.ts'
@@ -24,6 +25,7 @@ const LiveCountsAnswer = Type.Object({
     live: Type.Boolean({ description: 'false: the filter has behavioural conditions or an active range, which are not counted live' }),
     size: Type.Union([Type.Integer(), Type.Null()], { description: 'users in the segment now; null when not live' }),
   })),
+  funnels: Type.Array(LiveFunnelView, { description: 'every funnel of the project, oldest first: users per step of its current version, all users' }),
 })
 
 const LiveQuery = Type.Object({ key: Type.Optional(Type.String({ description: 'the API key, for browsers (a WebSocket cannot send headers)' })) })
@@ -38,6 +40,7 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
   feed.start()
   app.addHook('onClose', async () => feed.stop())
   const loaded = () => Promise.race([feed.loaded, sleep(LOAD_WAIT_MS)])
+  const sumsOf = (project: string, funnel: LiveFunnel) => feed.book.funnelSums(project, funnel.id, funnel.version, funnel.definition.steps.length)
 
   const authenticate = (request: FastifyRequest): Project => {
     const query = request.query as { key?: string } | undefined
@@ -50,7 +53,7 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('/v1/live/counts', {
     schema: {
-      summary: 'Users per engagement level and per saved segment now, summed over key groups', tags: ['live'],
+      summary: 'Users per engagement level, per saved segment and per funnel step now, summed over key groups', tags: ['live'],
       security: [{ apiKey: [] }, { basic: [] }], response: { 200: LiveCountsAnswer, 401: ErrorBody, 503: ErrorBody },
     },
   }, async (request) => {
@@ -58,11 +61,13 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
     await loaded()
     const sums = feed.book.sums(project.id)
     const segments = await savedSegments(app.services.store.pool, project.id)
+    const funnels = await liveFunnels(app.services.store.pool, project.id)
     return {
       asOf: sums.asOf === null ? null : new Date(sums.asOf).toISOString(),
       keyGroups: { reporting: sums.keyGroups, total: app.services.keyGroups },
       engagement: sums.engagement,
       segments: segments.map((segment) => ({ ...segment, size: segment.live ? (Object.hasOwn(sums.segments, segment.id) ? sums.segments[segment.id]! : 0) : null })),
+      funnels: funnels.map((funnel) => funnelView(funnel, sumsOf(project.id, funnel))),
     }
   })
 
@@ -76,13 +81,14 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const log = request.log.child({ project: project.id })
     let watch: Watch | undefined
     let notLive = new Set<string>()
+    let funnels: LiveFunnel[] = []
     let lastNumbers: string | undefined
     const send = (message: ServerMessage) => {
       if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(message))
     }
     const push = (force: boolean) => {
       if (!watch) return
-      const message = countsMessage(feed.book.sums(project.id), watch, notLive, app.services.keyGroups)
+      const message = countsMessage(feed.book.sums(project.id), watch, notLive, app.services.keyGroups, funnels.map((funnel) => [funnel, sumsOf(project.id, funnel)]))
       const numbers = numbersOf(message)
       if (!force && numbers === lastNumbers) return
       lastNumbers = numbers
@@ -99,9 +105,14 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
         const known = parsed.segments.length === 0 ? [] : await savedSegments(app.services.store.pool, project.id, parsed.segments)
         const unknown = parsed.segments.filter((id) => !known.some((segment) => segment.id === id))
         if (unknown.length > 0) return send({ type: 'error', message: `watch.segments: no segment "${unknown[0]}" in this project` })
+        // the version current now is the one counted: after a change of the funnel, watch again
+        const knownFunnels = parsed.funnels.length === 0 ? [] : await liveFunnels(app.services.store.pool, project.id, parsed.funnels)
+        const unknownFunnel = parsed.funnels.find((id) => !knownFunnels.some((funnel) => funnel.id === id))
+        if (unknownFunnel !== undefined) return send({ type: 'error', message: `watch.funnels: no funnel "${unknownFunnel}" in this project` })
         await loaded()
         watch = parsed
         notLive = new Set(known.filter((segment) => !segment.live).map((segment) => segment.id))
+        funnels = parsed.funnels.map((id) => knownFunnels.find((funnel) => funnel.id === id)!)
         push(true)
         throttle.pushed()
       }).catch((error) => {

@@ -1,12 +1,12 @@
 import type { Counts, LiveCounts } from '../../schemas/counts.ts'
-import { ENVELOPE_VERSION, type AnyEnvelope, type LiveCountsEnvelope, type Origin, type ProfileEnvelope, type SegmentMembershipEnvelope, type Source } from '../../schemas/envelope.ts'
-import type { EventContext, Operator, StepResult, TimerContext } from '../runtime/operator.ts'
+import { ENVELOPE_VERSION, type AnyEnvelope, type LiveCountsEnvelope, type Origin, type ProfileEnvelope, type SegmentMembershipEnvelope } from '../../schemas/envelope.ts'
+import type { EventContext, Operator, TimerContext } from '../runtime/operator.ts'
+import { coalescer, DEFAULT_PUBLISH_EVERY_MS, type Coalesced } from './coalesce.ts'
+
+export { DEFAULT_PUBLISH_EVERY_MS } from './coalesce.ts'
 
 /** The stage live counts are published on: `seg.<project>.counts.<kg>`, one message kept per subject. */
 export const COUNTS_STAGE = 'counts'
-
-/** At most one publication per key group per this much event time, by default: a few a second in live traffic. */
-export const DEFAULT_PUBLISH_EVERY_MS = 250
 
 export interface CountsOptions {
   /** Least event time between two publications of one key group, ms. Default 250 (`DEFAULT_PUBLISH_EVERY_MS`). */
@@ -20,20 +20,12 @@ export type CountsInput = SegmentMembershipEnvelope | ProfileEnvelope
  * One key group's counts in one project (the key is the key group: one state per project and
  * key group). Plain data, bounded by the number of levels and saved segments.
  */
-export interface CountsState {
+export interface CountsState extends Coalesced {
   project: string
   keyGroup: number
-  /** Membership changes applied. */
-  version: number
   /** Event time of the newest change applied. */
   asOf: number
   counts: Counts
-  /** The version last published (0: none yet). */
-  publishedVersion: number
-  /** Per source, the key group's watermark when it last published: the next one waits `publishEveryMs` past it. */
-  publishedAt: Partial<Record<Source, number>>
-  /** Of the last change: what the publication carries. */
-  source: Source
 }
 
 const empty = (): CountsState => ({
@@ -74,21 +66,9 @@ export function liveCountsOf(state: CountsState): LiveCountsEnvelope {
  * last publication, else when it does (a timer). Pure; docs/live.md.
  */
 export function createCounts(options: CountsOptions = {}): Operator<CountsState, CountsInput> {
-  const publishEveryMs = Math.max(1, options.publishEveryMs ?? DEFAULT_PUBLISH_EVERY_MS)
-
-  function publish(state: CountsState, watermark: number, source: Source): StepResult<CountsState> {
-    // before the key group's first input its watermark is -Infinity: the next change then starts the interval
-    const publishedAt = { ...state.publishedAt, [source]: watermark }
-    const next: CountsState = { ...state, publishedVersion: state.version, publishedAt }
-    return { state: next, emit: [{ stage: COUNTS_STAGE, project: state.project, keyGroup: state.keyGroup, envelope: liveCountsOf(next) }] }
-  }
-
-  /** What every result carries: the timer of a publication still due (the runtime replaces a timer with each result). */
-  function pending(state: CountsState): StepResult<CountsState> {
-    const since = state.publishedAt[state.source]
-    if (state.version === state.publishedVersion || since === undefined || !Number.isFinite(since)) return { state, emit: [] }
-    return { state, emit: [], wakeAt: since + publishEveryMs }
-  }
+  const publication = coalescer<CountsState>(options.publishEveryMs ?? DEFAULT_PUBLISH_EVERY_MS, (state) => ({
+    stage: COUNTS_STAGE, project: state.project, keyGroup: state.keyGroup, envelope: liveCountsOf(state),
+  }))
 
   return {
     stepId: 'live-counts',
@@ -102,8 +82,8 @@ export function createCounts(options: CountsOptions = {}): Operator<CountsState,
     // one state per (project, key group): the kernel's keys are per project already
     keyOf: (input) => String(input.keyGroup),
     onEvent(state, input, context: EventContext) {
-      if (input.type !== 'segment_membership') return pending(state)
-      const changed: CountsState = {
+      if (input.type !== 'segment_membership') return publication.unchanged(state)
+      return publication.changed({
         ...state,
         project: input.project,
         keyGroup: input.keyGroup,
@@ -111,19 +91,10 @@ export function createCounts(options: CountsOptions = {}): Operator<CountsState,
         asOf: Math.max(state.asOf, input.time),
         counts: applyChange(state.counts, input.data),
         source: input.source,
-      }
-      const watermark = context.watermark
-      const since = changed.publishedAt[input.source]
-      if (since === undefined || watermark >= since + publishEveryMs) {
-        if (since !== Number.NEGATIVE_INFINITY || !Number.isFinite(watermark)) return publish(changed, watermark, input.source)
-        // published before the watermark was known: the interval starts now
-        return pending({ ...changed, publishedAt: { ...changed.publishedAt, [input.source]: watermark } })
-      }
-      return pending(changed)
+      }, context.watermark)
     },
     onTimer(state, now: number, _context?: TimerContext) {
-      if (state.version === state.publishedVersion) return { state, emit: [] }
-      return publish(state, now, state.source)
+      return publication.timer(state, now)
     },
   }
 }

@@ -1,2 +1,6 @@
 export { applyChange, createCounts, liveCountsOf, COUNTS_STAGE, DEFAULT_PUBLISH_EVERY_MS } from './logic.ts'
 export type { CountsInput, CountsOptions, CountsState } from './logic.ts'
+export { addProgress, applyProgress, createFunnelCounts, emptyStepCounts, liveFunnelCountsOf, FUNNEL_COUNTS_STAGE, FUNNEL_COUNTS_STEP_ID } from './funnels.ts'
+export type { FunnelCountsOptions, FunnelCountsState } from './funnels.ts'
+export { coalescer } from './coalesce.ts'
+export type { Coalesced, Coalescer } from './coalesce.ts'

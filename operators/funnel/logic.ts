@@ -1,5 +1,5 @@
 import { ENVELOPE_VERSION, type Control, type EnrichedEventEnvelope, type Origin, type SessionEnvelope, type Source } from '../../schemas/envelope.ts'
-import { funnelDefinitionProblems, type FunnelDefinition, type FunnelProgress, type FunnelStatus } from '../../schemas/funnel.ts'
+import { funnelDefinitionProblems, type FunnelDefinition, type FunnelPreviousProgress, type FunnelProgress, type FunnelStatus } from '../../schemas/funnel.ts'
 import type { Session } from '../../schemas/session.ts'
 import { keyGroupOf } from '../../topology/subjects.ts'
 import type { Emission, MergeContext, Operator, StepResult } from '../runtime/operator.ts'
@@ -241,6 +241,12 @@ const sameTimes = (a: number[], b: number[]) => a.length === b.length && a.every
 
 const finite = (time: number, fallback: number) => (Number.isFinite(time) ? time : fallback)
 
+function previousOf(sent: SentProgress): FunnelPreviousProgress {
+  const previous: FunnelPreviousProgress = { level: sent.l, status: sent.s, stepTimes: sent.tt }
+  if (sent.b !== undefined) previous.breakdown = sent.b
+  return previous
+}
+
 function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, funnel: { id: string; version: number; steps: number }, previous: SentProgress | undefined, summary: Summary, mergedInto?: string): SentProgress {
   const version = (previous?.n ?? 0) + 1
   const lastStep = summary.stepTimes.length > 0 ? summary.stepTimes[summary.stepTimes.length - 1]! : 0
@@ -251,6 +257,8 @@ function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source
   }
   if (summary.breakdown !== undefined) data.breakdown = summary.breakdown
   if (mergedInto !== undefined) data.mergedInto = mergedInto
+  // what this message replaces, so a counter can take it away without remembering every user (docs/live.md)
+  if (previous !== undefined) data.previous = previousOf(previous)
   const envelope: FunnelProgressEnvelope = {
     v: ENVELOPE_VERSION, type: 'funnel_progress', project: owner.project, id: `${funnel.id}:${funnel.version}:${owner.canonicalId}:${version}`,
     time: summary.level > 0 ? summary.stepTimes[summary.level - 1]! : asOf, key: owner.canonicalId, keyGroup: owner.keyGroup,

@@ -135,6 +135,7 @@ export function miniRuntime(options: { lateness?: number; roundTrip?: boolean; o
   const emitted: FunnelProgress[] = []
   const states = new Map<string, { state: FunnelState; wakeAt?: number }>()
   const versions = new Map<string, number>()
+  const sent = new Map<string, FunnelProgress>()
   const ids = new Set<string>()
   let definitions: unknown
   let watermark = Number.NEGATIVE_INFINITY
@@ -156,6 +157,11 @@ export function miniRuntime(options: { lateness?: number; roundTrip?: boolean; o
       const key = `${funnelId}:${funnelVersion}:${canonicalId}`
       if (version !== (versions.get(key) ?? 0) + 1) problems.push(`${key}: version ${version} after ${versions.get(key) ?? 0}`)
       versions.set(key, version)
+      // `previous` is what the message before said (docs/funnels.md, "Messages"): counters rely on it
+      const said = sent.get(key)
+      const previous = said && { level: said.level, status: said.status, stepTimes: said.stepTimes, ...(said.breakdown === undefined ? {} : { breakdown: said.breakdown }) }
+      if (JSON.stringify(envelope.data.previous) !== JSON.stringify(previous)) problems.push(`${key}: previous ${JSON.stringify(envelope.data.previous)}, but the message before said ${JSON.stringify(previous)}`)
+      sent.set(key, envelope.data)
       if (stepTimes.length !== level) problems.push(`${level} steps but ${stepTimes.length} times`)
       if ((level === 0) !== (status === 'none')) problems.push(`level ${level} with status ${status}`)
       if ((status === 'converted') !== (level === envelope.data.steps)) problems.push(`level ${level} of ${envelope.data.steps} with status ${status}`)

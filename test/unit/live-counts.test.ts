@@ -1,8 +1,9 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { applyChange, createCounts, type CountsState } from '../../operators/counts/logic.ts'
-import { emptyKeyGroup, newCounters, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type Outgoing } from '../../operators/runtime/kernel.ts'
-import { decode, decodeEnvelope, encode } from '../../schemas/codec.ts'
+import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type KeyGroupState, type Outgoing } from '../../operators/runtime/kernel.ts'
+import { checkpointCopy } from '../harness/checkpoint.ts'
+import { decodeEnvelope, encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type LiveCountsEnvelope, type SegmentMembershipEnvelope, type Source, type WatermarkEnvelope } from '../../schemas/envelope.ts'
 import type { SegmentMembershipChange } from '../../schemas/profile.ts'
 
@@ -31,15 +32,6 @@ function watermark(time: number, project = 'p', keyGroup = 2): InputMessage {
 const published = (outputs: Outgoing[]) => outputs.map((output) => decodeEnvelope(output.data) as LiveCountsEnvelope).filter((envelope) => envelope.type === 'live_counts')
 const summary = (outputs: Outgoing[]) => published(outputs).map((envelope) => ({ version: envelope.data.version, ...envelope.data.counts }))
 
-function copyOf(group: KeyGroupState<CountsState>): KeyGroupState<CountsState> {
-  const copy = emptyKeyGroup<CountsState>(group.keyGroup, group.epoch)
-  copy.offsets = decode(encode(group.offsets)) as Record<string, number>
-  copy.maxEventTime = decode(encode(group.maxEventTime)) as Record<string, number>
-  copy.control = decode(encode(group.control)) as Record<string, unknown>
-  for (const [key, entry] of group.keys) copy.keys.set(key, decode(encode(entry)) as typeof entry)
-  rebuildTimers(copy)
-  return copy
-}
 
 t.test('a change is a delta on absolute counts', async (t) => {
   let table = { engagement: {}, segments: {} }
@@ -114,10 +106,10 @@ t.test('property: from any checkpoint, a replay publishes the same counts under 
       let checkpoint: KeyGroupState<CountsState> | undefined
       const at = cut % messages.length
       messages.forEach((message, index) => {
-        if (index === at) checkpoint = copyOf(group)
+        if (index === at) checkpoint = checkpointCopy(group)
         outputs.push(...processMessage(counts, group, message, kernelOptions, newCounters()))
       })
-      const replay = copyOf(checkpoint!)
+      const replay = checkpointCopy(checkpoint!)
       const again = messages.slice(at).flatMap((message) => processMessage(counts, replay, message, kernelOptions, newCounters()))
       const tail = outputs.slice(outputs.length - again.length)
       if (JSON.stringify(again.map((o) => [o.msgId, [...o.data]])) !== JSON.stringify(tail.map((o) => [o.msgId, [...o.data]]))) throw new Error('a replay published something else')

@@ -1,5 +1,8 @@
 import t from 'tap'
 import { LiveCountsBook } from '../../gateway/live/book.ts'
+import { funnelView, type LiveFunnel } from '../../gateway/live/funnels.ts'
+import { emptyStepCounts } from '../../operators/counts/funnels.ts'
+import { DURATION_BUCKETS_MS, durationBucketOf } from '../../schemas/funnel.ts'
 import { countsMessage, parseWatch } from '../../gateway/live/protocol.ts'
 import { PushThrottle } from '../../gateway/live/throttle.ts'
 
@@ -24,9 +27,36 @@ t.test('the book: the highest version per key group, summed', async (t) => {
   t.same(book.sums('q').engagement, { Low: 0, Medium: 7, 'Medium-High': 0, High: 0 }, 'projects apart')
 })
 
+t.test('funnel step counts: the highest version per key group, summed for the funnel version asked', async (t) => {
+  const book = new LiveCountsBook()
+  const group = (keyGroup: number, version: number, reached: number[], inProgress: number[], dropped: number[], funnelVersion = 2) => {
+    const counts = { ...emptyStepCounts('signup', funnelVersion, 3), reached, inProgress, dropped }
+    counts.conversionTimes[0]![durationBucketOf(4_000)] = reached[1]!
+    counts.conversionTimes[1]![durationBucketOf(3_600_000)] = reached[2]!
+    return { keyGroup, version, asOf: 1_000 * version, funnels: [counts] }
+  }
+  t.ok(book.applyFunnels('p', group(0, 4, [3, 2, 1], [1, 0, 0], [0, 1, 0])))
+  t.ok(book.applyFunnels('p', group(1, 7, [2, 1, 0], [0, 1, 0], [1, 0, 0])))
+  t.ok(book.applyFunnels('p', group(2, 1, [5, 5, 5], [0, 0, 0], [0, 0, 0], 1)), 'a key group that has only seen version 1')
+  t.notOk(book.applyFunnels('p', group(0, 3, [9, 9, 9], [0, 0, 0], [0, 0, 0])), 'an older publication: ignored')
+  t.same(book.apply('p', { keyGroup: 0, version: 1, asOf: 0, counts: { engagement: {}, segments: {} } }), true, 'segment counts are versioned apart')
+  const sums = book.funnelSums('p', 'signup', 2, 3)
+  t.same([sums.reached, sums.inProgress, sums.dropped, sums.asOf, sums.keyGroups], [[5, 3, 1], [1, 1, 0], [1, 1, 0], 7_000, 3], 'summed over the key groups counting version 2')
+  const funnel: LiveFunnel = { id: 'signup', name: 'Signup', version: 2, definition: { id: 'signup', name: 'Signup', steps: [{ event: 'a' }, { event: 'b', label: 'B' }, { event: 'c' }] } }
+  const view = funnelView(funnel, sums)
+  t.same(view.steps.map((step) => [step.reached, step.dropOff, step.inProgress, step.dropped]), [[5, 2, 1, 1], [3, 2, 1, 1], [1, 0, 0, 0]], 'per step as the /result API: reached, drop-off split by status')
+  t.same([view.entered, view.converted, view.segmentApplied, view.steps[1]!.label], [5, 1, true, 'B'])
+  t.same(view.steps.map((step) => step.timeToConvert), [null, { users: 3, medianAtMostMs: 5_000, p90AtMostMs: 5_000 }, { users: 1, medianAtMostMs: 3_600_000, p90AtMostMs: 3_600_000 }], 'times to convert to a bucket\'s precision')
+  t.equal(DURATION_BUCKETS_MS[durationBucketOf(4_000)], 5_000)
+  t.equal(funnelView({ ...funnel, definition: { ...funnel.definition, segment: { segmentId: 'seg_x' } } }, sums).segmentApplied, false, 'a restricted funnel says its live counts are of all users')
+  t.same(book.funnelSums('p', 'signup', 3, 3).reached, [0, 0, 0], 'a version nobody has counted yet: zeros')
+})
+
 t.test('watch messages', async (t) => {
-  t.same(parseWatch('{"type":"watch","engagement":true,"segments":["a","a","b"]}'), { engagement: true, segments: ['a', 'b'] })
-  t.same(parseWatch('{"type":"watch"}'), { engagement: false, segments: [] })
+  t.same(parseWatch('{"type":"watch","engagement":true,"segments":["a","a","b"]}'), { engagement: true, segments: ['a', 'b'], funnels: [] })
+  t.same(parseWatch('{"type":"watch"}'), { engagement: false, segments: [], funnels: [] })
+  t.same(parseWatch('{"type":"watch","funnels":["signup","signup"]}'), { engagement: false, segments: [], funnels: ['signup'] })
+  t.match(parseWatch('{"type":"watch","funnels":"signup"}'), { error: /a list of funnel ids/ })
   t.match(parseWatch('nope'), { error: /not JSON/ })
   t.match(parseWatch('{"type":"subscribe"}'), { error: /unknown message/ })
   t.match(parseWatch('{"type":"watch","segment":["a"]}'), { error: /unknown field "segment"/ })
@@ -37,9 +67,9 @@ t.test('counts messages show what is watched', async (t) => {
   const book = new LiveCountsBook()
   book.apply('p', counts(0, 1, { Low: 1 }, { s1: 4 }))
   const sums = book.sums('p')
-  t.same(countsMessage(sums, { engagement: true, segments: [] }, new Set(), 8),
+  t.same(countsMessage(sums, { engagement: true, segments: [], funnels: [] }, new Set(), 8),
     { type: 'counts', asOf: new Date(1_000).toISOString(), keyGroups: { reporting: 1, total: 8 }, engagement: { Low: 1, Medium: 0, 'Medium-High': 0, High: 0 } })
-  t.same(countsMessage(sums, { engagement: false, segments: ['s1', 's2', 's3'] }, new Set(['s3']), 8).segments, { s1: 4, s2: 0, s3: null },
+  t.same(countsMessage(sums, { engagement: false, segments: ['s1', 's2', 's3'], funnels: [] }, new Set(['s3']), 8).segments, { s1: 4, s2: 0, s3: null },
     'a segment nobody is in: 0; one without a live size: null')
 })
 

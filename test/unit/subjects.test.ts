@@ -126,7 +126,7 @@ t.test('keyGroupOf', async (t) => {
 
 t.test('subjectFor / stageFilter / parseSubject', async (t) => {
   t.equal(SUBJECT_ROOT, 'seg')
-  t.same([...STAGES], ['raw', 'import', 'enriched', 'sessions', 'profiles', 'funnels', 'aggregates', 'counts', 'backfill', 'late', 'dlq'])
+  t.same([...STAGES], ['raw', 'import', 'enriched', 'sessions', 'profiles', 'funnels', 'aggregates', 'counts', 'funnel_counts', 'backfill', 'late', 'dlq'])
   const cases: Array<[string, Stage, number, string]> = [
     ['alpha', 'raw', 0, 'seg.alpha.raw.0'],
     ['alpha', 'import', 7, 'seg.alpha.import.7'],

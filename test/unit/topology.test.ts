@@ -34,7 +34,7 @@ t.test('the shipped topology is valid', async (t) => {
   t.equal(validateTopology(topology), topology, 'validateTopology returns it unchanged')
   t.same(
     topology.steps.map((s) => s.stepId),
-    ['collector', 'enrich', 'sessionize', 'profile', 'funnel', 'funnel-backfill', 'aggregates', 'live-counts', 'sink-events', 'sink-sessions', 'sink-profiles', 'sink-funnels', 'sink-aggregates'],
+    ['collector', 'enrich', 'sessionize', 'profile', 'funnel', 'funnel-backfill', 'aggregates', 'live-counts', 'funnel-counts', 'sink-events', 'sink-sessions', 'sink-profiles', 'sink-funnels', 'sink-aggregates'],
   )
   t.same(
     topology.streams.map((s) => s.name),
@@ -42,7 +42,7 @@ t.test('the shipped topology is valid', async (t) => {
   )
   t.same(
     topology.streams.map((s) => s.subjects),
-    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.sessions.*'], ['seg.*.profiles.*'], ['seg.*.funnels.*'], ['seg.*.backfill.*'], ['seg.*.aggregates.*'], ['seg.*.counts.*'], ['seg.*.late.*'], ['seg.*.dlq.*']],
+    [['seg.*.raw.*'], ['seg.*.import.*'], ['seg.*.enriched.*'], ['seg.*.sessions.*'], ['seg.*.profiles.*'], ['seg.*.funnels.*'], ['seg.*.backfill.*'], ['seg.*.aggregates.*'], ['seg.*.counts.*', 'seg.*.funnel_counts.*'], ['seg.*.late.*'], ['seg.*.dlq.*']],
   )
   const byId = (id: string) => topology.steps.find((s) => s.stepId === id)!
   t.same(downstreamOf(topology, byId('collector')).map((s) => s.stepId), ['enrich'], 'the collector feeds enrich')
@@ -50,7 +50,8 @@ t.test('the shipped topology is valid', async (t) => {
   t.same(downstreamOf(topology, byId('sessionize')).map((s) => s.stepId), ['profile', 'funnel', 'funnel-backfill', 'sink-sessions'], 'sessionize feeds profile, funnel, the funnel backfill and its sink')
   t.same(downstreamOf(topology, byId('profile')).map((s) => s.stepId), ['live-counts', 'sink-profiles'], 'profile feeds live counts and its sink')
   t.same(downstreamOf(topology, byId('live-counts')).map((s) => s.stepId), [], 'live counts are read by the gateway, not by a step')
-  t.same(downstreamOf(topology, byId('funnel')).map((s) => s.stepId), ['sink-funnels'], 'funnel feeds its sink')
+  t.same(downstreamOf(topology, byId('funnel')).map((s) => s.stepId), ['funnel-counts', 'sink-funnels'], 'funnel feeds its step counts and its sink')
+  t.same(downstreamOf(topology, byId('funnel-counts')).map((s) => s.stepId), [], 'funnel step counts are read by the gateway, not by a step')
   t.same(downstreamOf(topology, byId('funnel-backfill')).map((s) => s.stepId), ['funnel'], 'the funnel backfill feeds the funnel step (seeds)')
   t.same(downstreamOf(topology, byId('aggregates')).map((s) => s.stepId), ['sink-aggregates'], 'aggregates feeds its sink')
   t.same(downstreamOf(topology, byId('sink-events')).map((s) => s.stepId), [], 'nothing reads the dead letters')
