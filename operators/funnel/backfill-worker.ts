@@ -12,8 +12,10 @@ import { subjectFor, type Stage } from '../../topology/subjects.ts'
 import type { InputMessage } from '../runtime/kernel.ts'
 import { sleep } from '../runtime/retry.ts'
 import { stateBucketOf } from '../runtime/state-store.ts'
-import { controlEnvelopeId, createSeedComputer, peekMessage, seedMessage, usesSessions, BACKFILL_STAGE } from './backfill.ts'
-import { claimBackfill, eventsBeforeStream, linkedUsers, reportBackfill, type BackfillProgress, type ClaimedBackfill } from './backfill-store.ts'
+import { controlEnvelopeId, createSeedComputer, peekMessage, seedMessage, usesSessions, BACKFILL_STAGE, type Seed } from './backfill.ts'
+import { claimBackfill, eventsBeforeStream, linkedUsers, reportBackfill, sessionsBeforeStream, type BackfillProgress, type ClaimedBackfill } from './backfill-store.ts'
+import { createTableSeeder, historyColumnsOf, mergeSeeds } from './backfill-table.ts'
+import { readHistory, type HistoryQuery } from './backfill-table-store.ts'
 import { FUNNEL_STEP_ID, type FunnelDefinitions, type FunnelOptions } from './logic.ts'
 
 /**
@@ -92,22 +94,22 @@ async function runBackfill(options: BackfillWorkerOptions, claimed: ClaimedBackf
   }
   try {
     logger.info('funnel backfill started')
-    const seeds = await computeSeeds(options, claimed, progress, report, logger, signal)
+    const { computer, table } = await computeSeeds(options, claimed, progress, report, logger, signal)
     progress.phase = 'waiting for the funnel step to take the definition'
     await report(true)
     await waitForDefinition(options, claimed, report, signal)
-    progress.phase = 'publishing seeds'
+    progress.phase = table === undefined ? 'publishing seeds' : 'reading the events table, publishing seeds'
     await report(true)
-    const published = await publishSeeds(options, claimed, seeds, report)
+    const published = await publishSeeds(options, claimed, computer, table, progress, report, signal)
     progress.state = 'done'
     progress.total = progress.done
     progress.seeds = published
     // inputs the logic refused as too late for the horizon, as the live step would have: said, not hidden
-    if (seeds.counters.late > 0) progress.late = seeds.counters.late
-    if (seeds.refused.length > 0) logger.warn({ late: seeds.counters.late, deadLettered: seeds.counters.deadLettered, first: seeds.refused }, 'funnel backfill: history inputs refused by the funnel logic')
+    if (computer.counters.late > 0) progress.late = computer.counters.late
+    if (computer.refused.length > 0) logger.warn({ late: computer.counters.late, deadLettered: computer.counters.deadLettered, first: computer.refused }, 'funnel backfill: history inputs refused by the funnel logic')
     delete progress.phase
     await report(true)
-    logger.info({ messages: progress.done, seeds: published, ms: Date.now() - started, ...(progress.unread ? { unread: progress.unread } : {}) }, 'funnel backfill done')
+    logger.info({ messages: progress.done, seeds: published, ms: Date.now() - started, ...(progress.table ? { table: progress.table } : {}) }, 'funnel backfill done')
   } catch (error) {
     if (signal.aborted) return
     if (error instanceof Superseded) {
@@ -138,21 +140,24 @@ async function computeSeeds(
   const { project, funnelId, version, definition } = claimed
   const jsm = await jetstreamManager(options.nc)
   const inputs = historyInputs(options.topology, definition)
-  const unread: string[] = []
+  // the streams' first sequences: what their retention removed is read from the tables (docs/funnels.md, "Backfill")
+  const firstSeq: Partial<Record<Stage, number>> = {}
   for (const input of inputs) {
     const info = await jsm.streams.info(input.stream, { subjects_filter: subjectFor(project, input.stage, '*') })
     for (const count of Object.values(info.state.subjects ?? {})) progress.total += count
-    if (info.state.first_seq > 1) {
-      // the stream's retention removed its beginning: what the tables hold of it is not replayed
-      const missing = input.stage === 'enriched'
-        ? await eventsBeforeStream(options.pool, project, info.state.first_seq)
-        : Number((await options.pool.query<{ n: string }>('SELECT count(*) AS n FROM sessions WHERE project = $1 AND sessions_seq < $2', [project, info.state.first_seq])).rows[0]!.n)
-      if (missing > 0) unread.push(`${missing} ${input.stage === 'enriched' ? 'events' : 'sessions'} stored before ${input.stream}'s first message (sequence ${info.state.first_seq}) are not replayed`)
-    }
+    firstSeq[input.stage] = Math.max(1, info.state.first_seq)
   }
-  if (unread.length > 0) {
-    progress.unread = unread.join('; ')
-    logger.warn({ unread: progress.unread }, 'funnel backfill: history beyond the streams\' retention is not read')
+  const enrichedStream = inputs.find((input) => input.stage === 'enriched')?.stream ?? 'SEG_ENRICHED'
+  const sessionsStream = inputs.find((input) => input.stage === 'sessions')?.stream ?? 'SEG_SESSIONS'
+  const columns = historyColumnsOf(definition)
+  const query: HistoryQuery = { project, enrichedBefore: firstSeq.enriched ?? 1, sessionsBefore: firstSeq.sessions ?? 1, columns, countBots: options.funnel?.countBots }
+  const stored = { events: query.enrichedBefore > 1 ? await eventsBeforeStream(options.pool, project, query.enrichedBefore) : 0, sessions: columns.sessions && query.sessionsBefore > 1 ? await sessionsBeforeStream(options.pool, project, query.sessionsBefore) : 0 }
+  let table: TableHistory | undefined
+  if (stored.events + stored.sessions > 0) {
+    table = { query, enrichedStream, sessionsStream }
+    progress.total += stored.events + stored.sessions
+    progress.table = { events: stored.events, sessions: stored.sessions, enrichedBefore: query.enrichedBefore, ...(columns.sessions ? { sessionsBefore: query.sessionsBefore } : {}) }
+    logger.info({ table: progress.table }, 'funnel backfill: history beyond the streams\' retention is read from the tables')
   }
   await report(true)
   const computer = createSeedComputer({
@@ -178,7 +183,14 @@ async function computeSeeds(
     })
   }
   computer.finish()
-  return computer
+  return { computer, table }
+}
+
+/** The history the tables hold beyond the streams' retention, when there is any. */
+interface TableHistory {
+  query: HistoryQuery
+  enrichedStream: string
+  sessionsStream: string
 }
 
 /**
@@ -258,20 +270,57 @@ async function waitForDefinition(options: BackfillWorkerOptions, claimed: Claime
   }
 }
 
-async function publishSeeds(options: BackfillWorkerOptions, claimed: ClaimedBackfill, computer: Computer, report: (force?: boolean) => Promise<void>): Promise<number> {
-  const seeds = [...computer.seeds()]
-  // an anonymous id linked to a user since the history's end: its seed goes to the user
-  const linked = await linkedUsers(options.pool, claimed.project, seeds.map((seed) => seed.user))
-  let inFlight: Promise<unknown>[] = []
-  for (const seed of seeds) {
-    const message = seedMessage(claimed.project, seed, linked.get(seed.user) ?? seed.user, options.keyGroups)
-    inFlight.push(options.publisher.publish(message.subject, message.data, message.msgId))
-    if (inFlight.length >= SEEDS_IN_FLIGHT) {
-      await Promise.all(inFlight)
-      inFlight = []
-      await report()
+/**
+ * Publishes every seed: the table's history user by user as it is read (a user the streams' history
+ * holds too gets the two as one, mergeSeeds), then the users only the streams hold.
+ */
+async function publishSeeds(
+  options: BackfillWorkerOptions, claimed: ClaimedBackfill, computer: Computer, table: TableHistory | undefined, progress: BackfillProgress,
+  report: (force?: boolean) => Promise<void>, signal: AbortSignal,
+): Promise<number> {
+  const fromStreams = new Map<string, Seed>()
+  for (const seed of computer.seeds()) fromStreams.set(seed.user, seed)
+  let published = 0
+  let batch: Seed[] = []
+  const flush = async () => {
+    const seeds = batch
+    batch = []
+    // an anonymous id linked to a user since the history's end: its seed goes to the user
+    const linked = await linkedUsers(options.pool, claimed.project, seeds.map((seed) => seed.user))
+    const inFlight: Promise<unknown>[] = []
+    for (const seed of seeds) {
+      const message = seedMessage(claimed.project, seed, linked.get(seed.user) ?? seed.user, options.keyGroups)
+      inFlight.push(options.publisher.publish(message.subject, message.data, message.msgId))
     }
+    await Promise.all(inFlight)
+    published += seeds.length
+    await report()
   }
-  await Promise.all(inFlight)
-  return seeds.length
+  if (table !== undefined) {
+    const limits = { horizonMs: options.funnel?.horizonMs, maxEvents: options.funnel?.maxEvents }
+    const seeder = createTableSeeder({
+      project: claimed.project, funnelId: claimed.funnelId, version: claimed.version, definition: claimed.definition, limits,
+      enrichedStream: table.enrichedStream, sessionsStream: table.sessionsStream,
+    })
+    const take = (seed: Seed | undefined) => {
+      if (seed === undefined) return
+      const alsoStreamed = fromStreams.get(seed.user)
+      if (alsoStreamed !== undefined) fromStreams.delete(seed.user)
+      batch.push(alsoStreamed === undefined ? seed : mergeSeeds(seeder.funnel, seed, alsoStreamed, limits))
+    }
+    await readHistory(options.pool, table.query, async (rows) => {
+      for (const row of rows) take(seeder.add(row))
+      progress.done += rows.length
+      if (batch.length >= SEEDS_IN_FLIGHT) await flush()
+      else await report()
+    }, signal)
+    take(seeder.end())
+    progress.phase = 'publishing seeds'
+  }
+  for (const seed of fromStreams.values()) {
+    batch.push(seed)
+    if (batch.length >= SEEDS_IN_FLIGHT) await flush()
+  }
+  if (batch.length > 0) await flush()
+  return published
 }
