@@ -50,6 +50,8 @@ class Superseded extends Error {}
 
 const STREAM_BATCH = 10_000
 const SEEDS_IN_FLIGHT = 5_000
+/** Seeds of the table's history held while the funnel step does not have the definition everywhere yet (then the read waits). */
+const SEEDS_HELD = 100_000
 
 /** Starts the worker; `stop()` ends it (a run in hand is left running in the table and taken over later). */
 export function startFunnelBackfill(options: BackfillWorkerOptions): { stop(): Promise<void> } {
@@ -95,12 +97,21 @@ async function runBackfill(options: BackfillWorkerOptions, claimed: ClaimedBackf
   try {
     logger.info('funnel backfill started')
     const { computer, table } = await computeSeeds(options, claimed, progress, report, logger, signal)
-    progress.phase = 'waiting for the funnel step to take the definition'
+    progress.phase = table === undefined ? 'waiting for the funnel step to take the definition' : 'reading the events table, publishing seeds'
     await report(true)
-    await waitForDefinition(options, claimed, report, signal)
-    progress.phase = table === undefined ? 'publishing seeds' : 'reading the events table, publishing seeds'
-    await report(true)
-    const published = await publishSeeds(options, claimed, computer, table, progress, report, signal)
+    // the table is read meanwhile: its seeds are held until the step has the definition everywhere
+    const handOver = new AbortController()
+    const stopHandOver = () => handOver.abort()
+    signal.addEventListener('abort', stopHandOver, { once: true })
+    const inForce = waitForDefinition(options, claimed, report, handOver.signal)
+    inForce.catch(() => undefined)
+    let published: number
+    try {
+      published = await publishSeeds(options, claimed, computer, table, progress, report, signal, inForce)
+    } finally {
+      signal.removeEventListener('abort', stopHandOver)
+      handOver.abort()
+    }
     progress.state = 'done'
     progress.total = progress.done
     progress.seeds = published
@@ -276,13 +287,19 @@ async function waitForDefinition(options: BackfillWorkerOptions, claimed: Claime
  */
 async function publishSeeds(
   options: BackfillWorkerOptions, claimed: ClaimedBackfill, computer: Computer, table: TableHistory | undefined, progress: BackfillProgress,
-  report: (force?: boolean) => Promise<void>, signal: AbortSignal,
+  report: (force?: boolean) => Promise<void>, signal: AbortSignal, inForce: Promise<void>,
 ): Promise<number> {
   const fromStreams = new Map<string, Seed>()
   for (const seed of computer.seeds()) fromStreams.set(seed.user, seed)
   let published = 0
   let batch: Seed[] = []
+  let handedOver = false
+  void inForce.then(() => (handedOver = true), () => undefined)
+  const full = () => batch.length >= (handedOver ? SEEDS_IN_FLIGHT : SEEDS_HELD)
   const flush = async () => {
+    // every seed is applied after the control message: published once the step has the definition everywhere
+    await inForce
+    if (progress.phase === 'waiting for the funnel step to take the definition') progress.phase = 'publishing seeds'
     const seeds = batch
     batch = []
     // an anonymous id linked to a user since the history's end: its seed goes to the user
@@ -311,7 +328,7 @@ async function publishSeeds(
     await readHistory(options.pool, table.query, async (rows) => {
       for (const row of rows) take(seeder.add(row))
       progress.done += rows.length
-      if (batch.length >= SEEDS_IN_FLIGHT) await flush()
+      if (full()) await flush()
       else await report()
     }, signal)
     take(seeder.end())
@@ -321,6 +338,6 @@ async function publishSeeds(
     batch.push(seed)
     if (batch.length >= SEEDS_IN_FLIGHT) await flush()
   }
-  if (batch.length > 0) await flush()
+  await flush()
   return published
 }
