@@ -10,7 +10,8 @@
  * 2. SEG_ENRICHED made to begin after the last row's sequence; one `funnel` step instance running
  *    (the worker hands its seeds over once the step has taken the definition).
  * 3. Baseline, in the same run: the same query read the same way (readHistory: COPY, rows split
- *    and decoded) with nothing done with the rows.
+ *    and decoded) with nothing done with the rows; then read again with each user's events matched
+ *    and their seed encoded, nothing published (where the time goes).
  * 4. The backfill: a funnels row with a pending backfill and its control message, as the API
  *    creates a funnel; the worker (as operators/steps.ts runs it) claims it, reads the table,
  *    matches each user's events, publishes the seeds: `backfill_s` from the row's creation until
@@ -28,7 +29,8 @@ import pg from 'pg'
 import { connectNats } from '../broker/connect.ts'
 import { PipelinedPublisher } from '../broker/publisher.ts'
 import { createLogger } from '../config/logger.ts'
-import { historyColumnsOf } from '../operators/funnel/backfill-table.ts'
+import { seedMessage, type Seed } from '../operators/funnel/backfill.ts'
+import { createTableSeeder, historyColumnsOf } from '../operators/funnel/backfill-table.ts'
 import { readHistory } from '../operators/funnel/backfill-table-store.ts'
 import { startFunnelBackfill } from '../operators/funnel/backfill-worker.ts'
 import { publishControl } from '../operators/runtime/control.ts'
@@ -106,6 +108,23 @@ try {
   const baselineCpuSeconds = cpuSeconds(baselineCpu)
   say(`baseline: the backfill's query read alone (COPY, rows split and decoded, nothing matched): ${n(baselineRows)} rows (of the funnel's ${columns.names!.length} event names, bots left out) in ${baselineSeconds.toFixed(1)} s = ${n(baselineRows / baselineSeconds)} rows/s; ${baselineCpuSeconds.toFixed(1)} s of CPU here`)
 
+  // where the time goes: the same read with each user's events matched and the seed encoded, nothing published
+  const seeder = createTableSeeder({ project: PROJECT, funnelId: definition.id, version: 1, definition, enrichedStream: streamOf('enriched'), sessionsStream: streamOf('sessions') })
+  let seedBytes = 0
+  let seedCount = 0
+  const encodeSeed = (seed: Seed | undefined) => {
+    if (seed === undefined) return
+    seedBytes += seedMessage(PROJECT, seed, seed.user, KEY_GROUPS).data.length
+    seedCount++
+  }
+  const matchStarted = performance.now()
+  await readHistory(store.pool, query, (rows) => {
+    for (const row of rows) encodeSeed(seeder.add(row))
+  })
+  encodeSeed(seeder.end())
+  const matchSeconds = (performance.now() - matchStarted) / 1000
+  say(`read and matched, seeds encoded, nothing published: ${matchSeconds.toFixed(1)} s = ${n(baselineRows / matchSeconds)} rows/s; ${n(seedCount)} seeds, ${n(seedBytes / Math.max(1, seedCount))} B each on average`)
+
   // 4. the backfill, as the API creates a funnel
   const backfillCpu = process.cpuUsage()
   const started = performance.now()
@@ -146,7 +165,7 @@ try {
     backfill_events: tableRows, backfill_users: USERS, backfill_s: round(seconds), backfill_events_per_s: Math.round(tableRows / seconds),
     backfill_rows_read: baselineRows, backfill_seeds: row.seeds ?? 0, backfill_cpu_s: round(usedCpu), backfill_peak_rss_mb: Math.round(peakRss / 1e6),
     backfill_phases_s: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, round(v)])),
-    backfill_baseline_read_s: round(baselineSeconds), backfill_baseline_rows_per_s: Math.round(baselineRows / baselineSeconds),
+    backfill_baseline_read_s: round(baselineSeconds), backfill_read_match_s: round(matchSeconds), backfill_seed_mean_bytes: Math.round(seedBytes / Math.max(1, seedCount)), backfill_baseline_rows_per_s: Math.round(baselineRows / baselineSeconds),
     backfill_load_copy_s: round(loaded.copySeconds), backfill_load_rows_per_s: Math.round(loaded.events / loaded.copySeconds), backfill_load_index_s: round(loaded.indexSeconds), backfill_table_mb: loaded.tableMb,
   }))
 } finally {

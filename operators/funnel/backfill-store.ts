@@ -27,9 +27,10 @@ export interface BackfillProgress {
   /**
    * History beyond the streams' retention, read from the tables (docs/funnels.md, "Backfill"): the
    * events stored before SEG_ENRICHED's first sequence and the sessions before SEG_SESSIONS's (when
-   * the funnel reads sessions); `done` and `total` count their rows beside the streams' messages.
+   * the funnel reads sessions); `read` of those rows are the funnel's (its names, no bots), and
+   * `done` and `total` count them beside the streams' messages.
    */
-  table?: { events: number; sessions: number; enrichedBefore: number; sessionsBefore?: number }
+  table?: { events: number; sessions: number; read: number; enrichedBefore: number; sessionsBefore?: number }
 }
 
 export interface ClaimedBackfill {

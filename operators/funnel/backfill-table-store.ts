@@ -79,6 +79,14 @@ export function historySql(query: HistoryQuery, after?: readonly [string, number
   return { text, values }
 }
 
+/** How many rows the history's statement reads: events and session starts (the run's progress total). */
+export async function countHistory(pool: pg.Pool, query: HistoryQuery): Promise<{ events: number; sessions: number }> {
+  const { text, values } = historySql(query)
+  const result = await pool.query<{ kind: string; n: string }>({ text: `SELECT kind, count(*) AS n FROM (${text.replace(/ ORDER BY 2, 3, 4$/, '')}) h GROUP BY kind`, values })
+  const count = (kind: string) => Number(result.rows.find((row) => row.kind === kind)?.n ?? 0)
+  return { events: count('e'), sessions: count('s') }
+}
+
 /** One row of the statement (every column as text, null for SQL NULL) as a HistoryRow. */
 export function rowOf(fields: ReadonlyArray<string | null>, properties: readonly string[]): HistoryRow {
   const user = fields[1]!

@@ -82,6 +82,13 @@ export interface TableSeedOptions {
   definition: FunnelDefinition
   /** As the funnel step holds a track (its horizon and buffer): the seed keeps as many of the newest events. */
   limits?: Partial<TrackLimits>
+  /**
+   * Users whose seed is merged with the streams' history of them (mergeSeeds): their track keeps the
+   * stream replay's horizon and buffer (`wideLimits`), so the two histories are merged event by
+   * event rather than folded and combined.
+   */
+  wide?: (user: string) => boolean
+  wideLimits?: TrackLimits
   /** The streams the rows' sequences are of (the seed's origin). */
   enrichedStream: string
   sessionsStream: string
@@ -166,7 +173,8 @@ export function createTableSeeder(options: TableSeedOptions) {
     if (history.time.length === 0) return undefined
     sortHistory(history)
     counters.users++
-    const track = trackOfHistory(funnel, history.time, history.id, history.mask, history.breakdown, limits)
+    const wide = options.wideLimits !== undefined && options.wide?.(history.user) === true
+    const track = trackOfHistory(funnel, history.time, history.id, history.mask, history.breakdown, wide ? options.wideLimits! : limits)
     const state: FunnelState = {
       canonicalId: history.user, project: options.project, funnels: [{ id: funnel.id, track }], sessions: history.sessions,
       source: history.source, origin: history.origin, seed: { id: options.funnelId, v: options.version },
@@ -221,18 +229,25 @@ export function createTableSeeder(options: TableSeedOptions) {
 }
 
 /**
- * A user both in the table's history and in the stream's: the two seeds as one, the way the step
- * merges two tracks of one person (match.ts, mergeTracks: the events of both, each once). The
- * stream's session versions are the newer ones.
+ * A user both in the table's history and in the streams': the seeds as one, the way the step merges
+ * two tracks of one person (match.ts, mergeTracks: the events of both, each once), trimmed to the
+ * step's limits. `streams` are the stream replay's seeds of the user and of the anonymous ids
+ * linked to the user (the table has their rows under the user already); their session versions
+ * are the newer ones.
  */
-export function mergeSeeds(funnel: CompiledFunnel, table: Seed, stream: Seed, limits?: Partial<TrackLimits>): Seed {
+export function mergeSeeds(funnel: CompiledFunnel, table: Seed, streams: readonly Seed[], limits?: Partial<TrackLimits>): Seed {
   const trackLimits: TrackLimits = { horizonMs: limits?.horizonMs ?? DEFAULT_FUNNEL_HORIZON_MS, maxEvents: Math.max(1, limits?.maxEvents ?? DEFAULT_MAX_EVENTS) }
-  const tableTrack = table.state.funnels[0]!.track
-  const streamTrack = stream.state.funnels.find((entry) => entry.id === funnel.id)?.track
-  const track = streamTrack === undefined ? tableTrack : mergeTracks(funnel, tableTrack, streamTrack, trackLimits, Number.POSITIVE_INFINITY)
-  const later = stream.lastTime >= table.lastTime ? stream : table
+  let track = table.state.funnels[0]!.track
+  let sessions = table.state.sessions
+  let latest = table
+  for (const stream of streams) {
+    const streamTrack = stream.state.funnels.find((entry) => entry.id === funnel.id)?.track
+    if (streamTrack !== undefined) track = mergeTracks(funnel, track, streamTrack, trackLimits, Number.POSITIVE_INFINITY)
+    sessions = { ...sessions, ...stream.state.sessions }
+    if (stream.lastTime >= latest.lastTime) latest = stream
+  }
   return {
-    user: table.user, lastTime: Math.max(table.lastTime, stream.lastTime), source: later.source,
-    state: { ...stream.state, funnels: [{ id: funnel.id, track }], sessions: { ...table.state.sessions, ...stream.state.sessions }, origin: stream.state.origin, source: later.source },
+    user: table.user, lastTime: latest.lastTime, source: latest.source,
+    state: { ...table.state, funnels: [{ id: funnel.id, track }], sessions, origin: latest.state.origin, source: latest.source },
   }
 }

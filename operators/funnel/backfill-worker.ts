@@ -12,10 +12,10 @@ import { subjectFor, type Stage } from '../../topology/subjects.ts'
 import type { InputMessage } from '../runtime/kernel.ts'
 import { sleep } from '../runtime/retry.ts'
 import { stateBucketOf } from '../runtime/state-store.ts'
-import { controlEnvelopeId, createSeedComputer, peekMessage, seedMessage, usesSessions, BACKFILL_STAGE, type Seed } from './backfill.ts'
+import { controlEnvelopeId, createSeedComputer, DEFAULT_REPLAY_HORIZON_MS, peekMessage, REPLAY_MAX_EVENTS, seedMessage, usesSessions, BACKFILL_STAGE, type Seed } from './backfill.ts'
 import { claimBackfill, eventsBeforeStream, linkedUsers, reportBackfill, sessionsBeforeStream, type BackfillProgress, type ClaimedBackfill } from './backfill-store.ts'
 import { createTableSeeder, historyColumnsOf, mergeSeeds } from './backfill-table.ts'
-import { readHistory, type HistoryQuery } from './backfill-table-store.ts'
+import { countHistory, readHistory, type HistoryQuery } from './backfill-table-store.ts'
 import { FUNNEL_STEP_ID, type FunnelDefinitions, type FunnelOptions } from './logic.ts'
 
 /**
@@ -50,6 +50,8 @@ class Superseded extends Error {}
 
 const STREAM_BATCH = 10_000
 const SEEDS_IN_FLIGHT = 5_000
+/** Batches of seeds published and not yet acknowledged while more are made. */
+const SEED_BATCHES_IN_FLIGHT = 4
 /** Seeds of the table's history held while the funnel step does not have the definition everywhere yet (then the read waits). */
 const SEEDS_HELD = 100_000
 
@@ -166,8 +168,10 @@ async function computeSeeds(
   let table: TableHistory | undefined
   if (stored.events + stored.sessions > 0) {
     table = { query, enrichedStream, sessionsStream }
-    progress.total += stored.events + stored.sessions
-    progress.table = { events: stored.events, sessions: stored.sessions, enrichedBefore: query.enrichedBefore, ...(columns.sessions ? { sessionsBefore: query.sessionsBefore } : {}) }
+    // the rows the funnel reads of them (its names, no bots): what `done` counts
+    const read = await countHistory(options.pool, query)
+    progress.total += read.events + read.sessions
+    progress.table = { events: stored.events, sessions: stored.sessions, read: read.events + read.sessions, enrichedBefore: query.enrichedBefore, ...(columns.sessions ? { sessionsBefore: query.sessionsBefore } : {}) }
     logger.info({ table: progress.table }, 'funnel backfill: history beyond the streams\' retention is read from the tables')
   }
   await report(true)
@@ -289,8 +293,17 @@ async function publishSeeds(
   options: BackfillWorkerOptions, claimed: ClaimedBackfill, computer: Computer, table: TableHistory | undefined, progress: BackfillProgress,
   report: (force?: boolean) => Promise<void>, signal: AbortSignal, inForce: Promise<void>,
 ): Promise<number> {
-  const fromStreams = new Map<string, Seed>()
-  for (const seed of computer.seeds()) fromStreams.set(seed.user, seed)
+  // the stream replay's seeds by the user they go to (an anonymous id linked since goes to its user)
+  const streamSeeds = [...computer.seeds()]
+  const linkedInStreams = await linkedUsers(options.pool, claimed.project, streamSeeds.map((seed) => seed.user))
+  const fromStreams = new Map<string, Seed[]>()
+  for (const seed of streamSeeds) {
+    const into = linkedInStreams.get(seed.user) ?? seed.user
+    const list = fromStreams.get(into)
+    if (list === undefined) fromStreams.set(into, [seed])
+    else list.push(seed)
+  }
+  streamSeeds.length = 0
   let published = 0
   let batch: Seed[] = []
   let handedOver = false
@@ -304,19 +317,23 @@ async function publishSeeds(
     batch = []
     // an anonymous id linked to a user since the history's end: its seed goes to the user
     const linked = await linkedUsers(options.pool, claimed.project, seeds.map((seed) => seed.user))
-    const inFlight: Promise<unknown>[] = []
-    for (const seed of seeds) {
-      const message = seedMessage(claimed.project, seed, linked.get(seed.user) ?? seed.user, options.keyGroups)
-      inFlight.push(options.publisher.publish(message.subject, message.data, message.msgId))
+    // one batch: one pending entry and one promise in the publisher for all of them; a few batches
+    // in flight while the next are read and matched
+    if (seeds.length > 0) {
+      const sending = options.publisher.publishBatch(seeds.map((seed) => seedMessage(claimed.project, seed, linked.get(seed.user) ?? seed.user, options.keyGroups)))
+      sending.catch(() => undefined)
+      inFlight.push(sending)
+      if (inFlight.length > SEED_BATCHES_IN_FLIGHT) await inFlight.shift()
     }
-    await Promise.all(inFlight)
     published += seeds.length
     await report()
   }
+  const inFlight: Promise<unknown>[] = []
   if (table !== undefined) {
     const limits = { horizonMs: options.funnel?.horizonMs, maxEvents: options.funnel?.maxEvents }
     const seeder = createTableSeeder({
       project: claimed.project, funnelId: claimed.funnelId, version: claimed.version, definition: claimed.definition, limits,
+      wide: (user) => fromStreams.has(user), wideLimits: { horizonMs: DEFAULT_REPLAY_HORIZON_MS, maxEvents: REPLAY_MAX_EVENTS },
       enrichedStream: table.enrichedStream, sessionsStream: table.sessionsStream,
     })
     const take = (seed: Seed | undefined) => {
@@ -334,10 +351,11 @@ async function publishSeeds(
     take(seeder.end())
     progress.phase = 'publishing seeds'
   }
-  for (const seed of fromStreams.values()) {
-    batch.push(seed)
+  for (const seeds of fromStreams.values()) {
+    batch.push(...seeds)
     if (batch.length >= SEEDS_IN_FLIGHT) await flush()
   }
   await flush()
+  await Promise.all(inFlight)
   return published
 }

@@ -53,7 +53,7 @@ export interface BackfillRow {
   seeds?: number
   error?: string
   late?: number
-  table?: { events: number; sessions: number; enrichedBefore: number; sessionsBefore?: number }
+  table?: { events: number; sessions: number; read: number; enrichedBefore: number; sessionsBefore?: number }
 }
 
 export const backfillOf = async (system: System, project: string, funnelId: string): Promise<BackfillRow> =>
