@@ -51,7 +51,7 @@ class Superseded extends Error {}
 const STREAM_BATCH = 10_000
 const SEEDS_IN_FLIGHT = 5_000
 /** Batches of seeds published and not yet acknowledged while more are made. */
-const SEED_BATCHES_IN_FLIGHT = 4
+const SEED_BATCHES_IN_FLIGHT = 2
 /** Seeds of the table's history held while the funnel step does not have the definition everywhere yet (then the read waits). */
 const SEEDS_HELD = 100_000
 
