@@ -16,7 +16,7 @@ help:
 	@echo "make graph     print the dataflow as Mermaid"
 	@echo "make bench     end to end: collector -> enrich -> sessionize -> sink (about 8 minutes)"
 	@echo "make bench-explore  exploration queries on 1,000,000 users and 20,000,000 events loaded by COPY"
-	@echo "make bench-funnels  funnels: pure logic (10 funnels, 100,000 users), state RSS at 1,000,000 users, one funnel step on nats-server, a backfill (about 10 minutes)"
+	@echo "make bench-funnels  funnels: pure logic (10 funnels, 100,000 users), state RSS at 1,000,000 users, one funnel step on nats-server, a backfill from the stream, a backfill over 10,000,000 events in PostgreSQL (about 15 minutes)"
 
 setup: node_modules/.installed .tools/nats-server-$(NATS_SERVER_VERSION) .tools/postgresql.ok
 

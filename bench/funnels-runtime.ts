@@ -10,12 +10,13 @@
  *    Then one `funnel` step instance (startInstance with the step's operator, aligned streams,
  *    lateness and idle TTL as operators/steps.ts starts it) consumes them: the time from its start
  *    until its kernel has applied every stored event (its counters).
- * 2. backfill: a new funnel (a funnels row with a pending backfill and its control message, as the
- *    API creates it) while the step runs; the backfill worker (operators/funnel/backfill-worker.ts,
- *    as operators/steps.ts runs it beside the step) replays SEG_ENRICHED up to the control message,
- *    waits for the step's checkpoints to hold the version, publishes the seeds. Timed per phase from
- *    the row's progress. No funnel here uses `$session_start`, so SEG_SESSIONS is not read; the
- *    worker does not read the events table (docs/funnels.md, "Backfill"), so nothing is put there.
+ * 2. backfill from the stream (`stream_backfill_*`): a new funnel (a funnels row with a pending
+ *    backfill and its control message, as the API creates it) while the step runs; the backfill
+ *    worker (operators/funnel/backfill-worker.ts, as operators/steps.ts runs it beside the step)
+ *    replays SEG_ENRICHED up to the control message, waits for the step's checkpoints to hold the
+ *    version, publishes the seeds. Timed per phase from the row's progress. No funnel here uses
+ *    `$session_start`, so SEG_SESSIONS is not read; the stream holds the whole history, so the
+ *    events table is not read (bench/funnels-backfill.ts measures that: `backfill_s`).
  *
  *   node bench/funnels-runtime.ts [--events 300000] [--users 30000] [--seed 1] [--timeout-s 900] [--stream-gb 1]
  *
@@ -188,9 +189,9 @@ try {
     runtime_events: stored, runtime_users: USERS, runtime_funnels: FUNNELS.length,
     runtime_events_per_s: Math.round(runtimePerS), runtime_pipelined_publish_per_s: Math.round(baseline), runtime_ratio: Number((runtimePerS / baseline).toFixed(3)),
     runtime_s: Number(seconds.toFixed(1)), runtime_peak_rss_mb: Math.round(peakRss / 1e6), runtime_progress_messages: progress, runtime_counters: instance.counters,
-    backfill_events: stored, backfill_messages: row.done, backfill_seeds: row.seeds ?? 0, backfill_s: Number(backfillSeconds.toFixed(1)),
-    backfill_replay_s: Number(replaySeconds.toFixed(1)), backfill_replay_events_per_s: Math.round(replayPerS),
-    backfill_projected_10m_s: Math.round(projected), backfill_projected_note: 'projection from the measured replay rate, not a run at 10,000,000',
+    stream_backfill_events: stored, stream_backfill_messages: row.done, stream_backfill_seeds: row.seeds ?? 0, stream_backfill_s: Number(backfillSeconds.toFixed(1)),
+    stream_backfill_replay_s: Number(replaySeconds.toFixed(1)), stream_backfill_replay_events_per_s: Math.round(replayPerS),
+    stream_backfill_projected_10m_s: Math.round(projected), stream_backfill_projected_note: 'projection from the measured replay rate, not a run at 10,000,000',
   }))
 } finally {
   publisher.close()

@@ -10,12 +10,14 @@
  * Then, each in a child process of its own (so one's memory is not the next one's):
  * bench/funnels-state.ts (RSS and heap of --state-users users × 10 funnels of state) and
  * bench/funnels-runtime.ts (one funnel step instance on a real nats-server with its pipelined-publish
- * baseline, then a new funnel's backfill over the same events, with PostgreSQL). The last line
- * holds every figure and its target.
+ * baseline, then a new funnel's backfill over the same events from the stream, with PostgreSQL) and
+ * bench/funnels-backfill.ts (a new funnel's backfill over --backfill-events events held in a real
+ * PostgreSQL server beyond the stream's retention: `backfill_s`). The last line holds every figure
+ * and its target.
  *
  *   node bench/funnels.ts [--users 100000] [--events 1000000] [--seed 1] [--rounds 3]
  *     [--state-users 1000000] [--state-per-user 5] [--runtime-events 300000] [--runtime-users <events/10>]
- *     [--stream-gb 1] [--skip state,runtime]
+ *     [--stream-gb 1] [--backfill-events 10000000] [--backfill-users <events/10>] [--skip state,runtime,backfill]
  */
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
@@ -28,6 +30,7 @@ import { definitions, FUNNELS, funnelRunner, LATENESS, makeEvents } from './funn
 const { values } = parseArgs({ options: { users: { type: 'string', default: '100000' }, events: { type: 'string', default: '1000000' }, seed: { type: 'string', default: '1' }, rounds: { type: 'string', default: '3' },
   'state-users': { type: 'string', default: '1000000' }, 'state-per-user': { type: 'string', default: '5' },
   'runtime-events': { type: 'string', default: '300000' }, 'runtime-users': { type: 'string' }, 'stream-gb': { type: 'string', default: '1' },
+  'backfill-events': { type: 'string', default: '10000000' }, 'backfill-users': { type: 'string' },
   skip: { type: 'string', default: '' } } })
 const SKIP = new Set(values.skip!.split(',').filter(Boolean))
 const USERS = Number(values.users)
@@ -203,7 +206,8 @@ function child(script: string, nodeArgs: string[], args: string[]): Promise<Reco
 
 const state = SKIP.has('state') ? {} : await child('./funnels-state.ts', ['--expose-gc', '--max-old-space-size=20000'], ['--users', values['state-users']!, '--per-user', values['state-per-user']!])
 const runtime = SKIP.has('runtime') ? {} : await child('./funnels-runtime.ts', [], ['--events', values['runtime-events']!, '--stream-gb', values['stream-gb']!, ...(values['runtime-users'] ? ['--users', values['runtime-users']] : [])])
+const backfill = SKIP.has('backfill') ? {} : await child('./funnels-backfill.ts', [], ['--events', values['backfill-events']!, ...(values['backfill-users'] ? ['--users', values['backfill-users']] : [])])
 console.log(JSON.stringify({
-  ...pure, ...state, ...runtime,
+  ...pure, ...state, ...runtime, ...backfill,
   targets: { pure_events_per_s: '>= 500000', runtime_events_per_s: '>= 50000', state_rss_mb: 'at 1,000,000 users x 10 funnels (reported)', backfill_s: '< 120 for 10,000,000 events' },
 }))

@@ -3,6 +3,7 @@ import { pipeline } from 'node:stream/promises'
 import pg from 'pg'
 import { from as copyFrom } from 'pg-copy-streams'
 import type { Logger } from '../config/logger.ts'
+import type { EnrichedContext } from '../schemas/enriched.ts'
 import { migrate, type DatabaseTarget } from './migrate.ts'
 import { maintainEvents, type MaintenancePolicy } from './maintenance.ts'
 import { funnelProgressStore } from './funnel-progress.ts'
@@ -30,6 +31,8 @@ export interface EventRow {
   traits: Record<string, unknown> | null
   context: Record<string, unknown>
   extra: Record<string, unknown>
+  /** What enrich derived (device, acquisition, geo, bot); null or absent when it derived nothing (migration 0013). */
+  enrichment?: EnrichedContext | null
 }
 
 export class DatabaseUnavailableError extends Error {
@@ -64,7 +67,7 @@ const EVENT_COLUMNS = [
   ['project', 'text'], ['message_id', 'text'], ['event_time', 'timestamptz'], ['received_at', 'timestamptz'],
   ['type', 'text'], ['name', 'text'], ['canonical_id', 'text'], ['anonymous_id', 'text'], ['user_id', 'text'],
   ['source', 'text'], ['key_group', 'int'], ['raw_stream', 'text'], ['raw_seq', 'bigint'], ['enriched_seq', 'bigint'],
-  ['properties', 'jsonb'], ['traits', 'jsonb'], ['context', 'jsonb'], ['extra', 'jsonb'],
+  ['properties', 'jsonb'], ['traits', 'jsonb'], ['context', 'jsonb'], ['extra', 'jsonb'], ['enrichment', 'jsonb'],
 ] as const
 
 const columnNames = EVENT_COLUMNS.map(([column]) => column).join(', ')
@@ -89,7 +92,7 @@ function copyLinesOf(rows: readonly EventRow[]): string {
       + `${copyText(row.type)}\t${copyText(row.name)}\t${copyText(row.canonicalId)}\t${copyNullable(row.anonymousId)}\t${copyNullable(row.userId)}\t`
       + `${copyText(row.source)}\t${row.keyGroup}\t${copyText(row.rawStream)}\t${row.rawSeq}\t${row.enrichedSeq}\t`
       + `${copyText(JSON.stringify(row.properties))}\t${row.traits === null ? '\\N' : copyText(JSON.stringify(row.traits))}\t`
-      + `${copyText(JSON.stringify(row.context))}\t${copyText(JSON.stringify(row.extra))}\n`
+      + `${copyText(JSON.stringify(row.context))}\t${copyText(JSON.stringify(row.extra))}\t${row.enrichment ? copyText(JSON.stringify(row.enrichment)) : '\\N'}\n`
   }
   return out
 }
@@ -218,7 +221,7 @@ export async function openStore(options: StoreOptions) {
           row.project, row.messageId, new Date(row.eventTime), new Date(row.receivedAt), row.type, row.name,
           row.canonicalId, row.anonymousId, row.userId, row.source, row.keyGroup, row.rawStream, row.rawSeq,
           row.enrichedSeq, JSON.stringify(row.properties), row.traits === null ? null : JSON.stringify(row.traits),
-          JSON.stringify(row.context), JSON.stringify(row.extra),
+          JSON.stringify(row.context), JSON.stringify(row.extra), row.enrichment ? JSON.stringify(row.enrichment) : null,
         ]
         values.forEach((value, c) => (columns[c]![i] = value))
       })
@@ -290,5 +293,6 @@ function toEventRow(row: Record<string, unknown>): EventRow {
     traits: (row.traits as Record<string, unknown> | null) ?? null,
     context: row.context as Record<string, unknown>,
     extra: row.extra as Record<string, unknown>,
+    enrichment: (row.enrichment as EnrichedContext | null) ?? null,
   }
 }

@@ -12,7 +12,8 @@ const row = (overrides: Partial<EventRow>): EventRow => ({
   project: 'alpha', messageId: 'm', eventTime: Date.parse('2019-05-10T10:00:00Z'), receivedAt: Date.parse('2026-01-01T00:00:00Z'),
   type: 'track', name: 'click_event1', canonicalId: 'u1', anonymousId: 'a1', userId: 'u1', source: 'import', keyGroup: 3,
   rawStream: 'SEG_IMPORT', rawSeq: 1, enrichedSeq: 1, properties: { plan: 'pro', n: 2 }, traits: null,
-  context: { ip: '10.0.0.1', page: { path: '/x' } }, extra: { integrations: { All: true } }, ...overrides,
+  context: { ip: '10.0.0.1', page: { path: '/x' } }, extra: { integrations: { All: true } },
+  enrichment: { device: { type: 'mobile', os: 'iOS' }, acquisition: { channel: 'email' }, geo: { country: 'DE' }, bot: false }, ...overrides,
 })
 
 // Every query the store offers, on each target: the answers must be the same.

@@ -24,8 +24,13 @@ export interface BackfillProgress {
   seeds?: number
   /** History inputs the funnel logic refused as too late (behind its horizon), as the live step would have. */
   late?: number
-  /** History the run could not read, said out loud (docs/funnels.md, "Backfill"). */
-  unread?: string
+  /**
+   * History beyond the streams' retention, read from the tables (docs/funnels.md, "Backfill"): the
+   * events stored before SEG_ENRICHED's first sequence and the sessions before SEG_SESSIONS's (when
+   * the funnel reads sessions); `read` of those rows are the funnel's (its names, no bots), and
+   * `done` and `total` count them beside the streams' messages.
+   */
+  table?: { events: number; sessions: number; read: number; enrichedBefore: number; sessionsBefore?: number }
 }
 
 export interface ClaimedBackfill {
@@ -75,6 +80,12 @@ export async function linkedUsers(pool: pg.Pool, project: string, anonymousIds: 
     for (const row of result.rows) if (row.user_id !== row.anonymous_id) linked.set(row.anonymous_id, row.user_id)
   }
   return linked
+}
+
+/** Sessions whose newest version is stored from before the stream's first message (retracted ones count for nothing). */
+export async function sessionsBeforeStream(pool: pg.Pool, project: string, firstSeq: number): Promise<number> {
+  const result = await pool.query<{ n: string }>(`SELECT count(*) AS n FROM sessions WHERE project = $1 AND sessions_seq < $2 AND status <> '$session_retract'`, [project, firstSeq])
+  return Number(result.rows[0]!.n)
 }
 
 /** Events stored in the table from before the stream's first message (the stream's retention removed them there). */

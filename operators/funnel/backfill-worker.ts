@@ -12,8 +12,10 @@ import { subjectFor, type Stage } from '../../topology/subjects.ts'
 import type { InputMessage } from '../runtime/kernel.ts'
 import { sleep } from '../runtime/retry.ts'
 import { stateBucketOf } from '../runtime/state-store.ts'
-import { controlEnvelopeId, createSeedComputer, peekMessage, seedMessage, usesSessions, BACKFILL_STAGE } from './backfill.ts'
-import { claimBackfill, eventsBeforeStream, linkedUsers, reportBackfill, type BackfillProgress, type ClaimedBackfill } from './backfill-store.ts'
+import { controlEnvelopeId, createSeedComputer, DEFAULT_REPLAY_HORIZON_MS, peekMessage, REPLAY_MAX_EVENTS, seedMessage, usesSessions, BACKFILL_STAGE, type Seed } from './backfill.ts'
+import { claimBackfill, eventsBeforeStream, linkedUsers, reportBackfill, sessionsBeforeStream, type BackfillProgress, type ClaimedBackfill } from './backfill-store.ts'
+import { createTableSeeder, historyColumnsOf, mergeSeeds } from './backfill-table.ts'
+import { countHistory, readHistory, type HistoryQuery } from './backfill-table-store.ts'
 import { FUNNEL_STEP_ID, type FunnelDefinitions, type FunnelOptions } from './logic.ts'
 
 /**
@@ -48,6 +50,10 @@ class Superseded extends Error {}
 
 const STREAM_BATCH = 10_000
 const SEEDS_IN_FLIGHT = 5_000
+/** Batches of seeds published and not yet acknowledged while more are made. */
+const SEED_BATCHES_IN_FLIGHT = 2
+/** Seeds of the table's history held while the funnel step does not have the definition everywhere yet (then the read waits). */
+const SEEDS_HELD = 100_000
 
 /** Starts the worker; `stop()` ends it (a run in hand is left running in the table and taken over later). */
 export function startFunnelBackfill(options: BackfillWorkerOptions): { stop(): Promise<void> } {
@@ -92,22 +98,31 @@ async function runBackfill(options: BackfillWorkerOptions, claimed: ClaimedBackf
   }
   try {
     logger.info('funnel backfill started')
-    const seeds = await computeSeeds(options, claimed, progress, report, logger, signal)
-    progress.phase = 'waiting for the funnel step to take the definition'
+    const { computer, table } = await computeSeeds(options, claimed, progress, report, logger, signal)
+    progress.phase = table === undefined ? 'waiting for the funnel step to take the definition' : 'reading the events table, publishing seeds'
     await report(true)
-    await waitForDefinition(options, claimed, report, signal)
-    progress.phase = 'publishing seeds'
-    await report(true)
-    const published = await publishSeeds(options, claimed, seeds, report)
+    // the table is read meanwhile: its seeds are held until the step has the definition everywhere
+    const handOver = new AbortController()
+    const stopHandOver = () => handOver.abort()
+    signal.addEventListener('abort', stopHandOver, { once: true })
+    const inForce = waitForDefinition(options, claimed, report, handOver.signal)
+    inForce.catch(() => undefined)
+    let published: number
+    try {
+      published = await publishSeeds(options, claimed, computer, table, progress, report, signal, inForce)
+    } finally {
+      signal.removeEventListener('abort', stopHandOver)
+      handOver.abort()
+    }
     progress.state = 'done'
     progress.total = progress.done
     progress.seeds = published
     // inputs the logic refused as too late for the horizon, as the live step would have: said, not hidden
-    if (seeds.counters.late > 0) progress.late = seeds.counters.late
-    if (seeds.refused.length > 0) logger.warn({ late: seeds.counters.late, deadLettered: seeds.counters.deadLettered, first: seeds.refused }, 'funnel backfill: history inputs refused by the funnel logic')
+    if (computer.counters.late > 0) progress.late = computer.counters.late
+    if (computer.refused.length > 0) logger.warn({ late: computer.counters.late, deadLettered: computer.counters.deadLettered, first: computer.refused }, 'funnel backfill: history inputs refused by the funnel logic')
     delete progress.phase
     await report(true)
-    logger.info({ messages: progress.done, seeds: published, ms: Date.now() - started, ...(progress.unread ? { unread: progress.unread } : {}) }, 'funnel backfill done')
+    logger.info({ messages: progress.done, seeds: published, ms: Date.now() - started, ...(progress.table ? { table: progress.table } : {}) }, 'funnel backfill done')
   } catch (error) {
     if (signal.aborted) return
     if (error instanceof Superseded) {
@@ -138,21 +153,26 @@ async function computeSeeds(
   const { project, funnelId, version, definition } = claimed
   const jsm = await jetstreamManager(options.nc)
   const inputs = historyInputs(options.topology, definition)
-  const unread: string[] = []
+  // the streams' first sequences: what their retention removed is read from the tables (docs/funnels.md, "Backfill")
+  const firstSeq: Partial<Record<Stage, number>> = {}
   for (const input of inputs) {
     const info = await jsm.streams.info(input.stream, { subjects_filter: subjectFor(project, input.stage, '*') })
     for (const count of Object.values(info.state.subjects ?? {})) progress.total += count
-    if (info.state.first_seq > 1) {
-      // the stream's retention removed its beginning: what the tables hold of it is not replayed
-      const missing = input.stage === 'enriched'
-        ? await eventsBeforeStream(options.pool, project, info.state.first_seq)
-        : Number((await options.pool.query<{ n: string }>('SELECT count(*) AS n FROM sessions WHERE project = $1 AND sessions_seq < $2', [project, info.state.first_seq])).rows[0]!.n)
-      if (missing > 0) unread.push(`${missing} ${input.stage === 'enriched' ? 'events' : 'sessions'} stored before ${input.stream}'s first message (sequence ${info.state.first_seq}) are not replayed`)
-    }
+    firstSeq[input.stage] = Math.max(1, info.state.first_seq)
   }
-  if (unread.length > 0) {
-    progress.unread = unread.join('; ')
-    logger.warn({ unread: progress.unread }, 'funnel backfill: history beyond the streams\' retention is not read')
+  const enrichedStream = inputs.find((input) => input.stage === 'enriched')?.stream ?? 'SEG_ENRICHED'
+  const sessionsStream = inputs.find((input) => input.stage === 'sessions')?.stream ?? 'SEG_SESSIONS'
+  const columns = historyColumnsOf(definition)
+  const query: HistoryQuery = { project, enrichedBefore: firstSeq.enriched ?? 1, sessionsBefore: firstSeq.sessions ?? 1, columns, countBots: options.funnel?.countBots }
+  const stored = { events: query.enrichedBefore > 1 ? await eventsBeforeStream(options.pool, project, query.enrichedBefore) : 0, sessions: columns.sessions && query.sessionsBefore > 1 ? await sessionsBeforeStream(options.pool, project, query.sessionsBefore) : 0 }
+  let table: TableHistory | undefined
+  if (stored.events + stored.sessions > 0) {
+    table = { query, enrichedStream, sessionsStream }
+    // the rows the funnel reads of them (its names, no bots): what `done` counts
+    const read = await countHistory(options.pool, query)
+    progress.total += read.events + read.sessions
+    progress.table = { events: stored.events, sessions: stored.sessions, read: read.events + read.sessions, enrichedBefore: query.enrichedBefore, ...(columns.sessions ? { sessionsBefore: query.sessionsBefore } : {}) }
+    logger.info({ table: progress.table }, 'funnel backfill: history beyond the streams\' retention is read from the tables')
   }
   await report(true)
   const computer = createSeedComputer({
@@ -178,7 +198,14 @@ async function computeSeeds(
     })
   }
   computer.finish()
-  return computer
+  return { computer, table }
+}
+
+/** The history the tables hold beyond the streams' retention, when there is any. */
+interface TableHistory {
+  query: HistoryQuery
+  enrichedStream: string
+  sessionsStream: string
 }
 
 /**
@@ -258,20 +285,77 @@ async function waitForDefinition(options: BackfillWorkerOptions, claimed: Claime
   }
 }
 
-async function publishSeeds(options: BackfillWorkerOptions, claimed: ClaimedBackfill, computer: Computer, report: (force?: boolean) => Promise<void>): Promise<number> {
-  const seeds = [...computer.seeds()]
-  // an anonymous id linked to a user since the history's end: its seed goes to the user
-  const linked = await linkedUsers(options.pool, claimed.project, seeds.map((seed) => seed.user))
-  let inFlight: Promise<unknown>[] = []
-  for (const seed of seeds) {
-    const message = seedMessage(claimed.project, seed, linked.get(seed.user) ?? seed.user, options.keyGroups)
-    inFlight.push(options.publisher.publish(message.subject, message.data, message.msgId))
-    if (inFlight.length >= SEEDS_IN_FLIGHT) {
-      await Promise.all(inFlight)
-      inFlight = []
-      await report()
-    }
+/**
+ * Publishes every seed: the table's history user by user as it is read (a user the streams' history
+ * holds too gets the two as one, mergeSeeds), then the users only the streams hold.
+ */
+async function publishSeeds(
+  options: BackfillWorkerOptions, claimed: ClaimedBackfill, computer: Computer, table: TableHistory | undefined, progress: BackfillProgress,
+  report: (force?: boolean) => Promise<void>, signal: AbortSignal, inForce: Promise<void>,
+): Promise<number> {
+  // the stream replay's seeds by the user they go to (an anonymous id linked since goes to its user)
+  const streamSeeds = [...computer.seeds()]
+  const linkedInStreams = await linkedUsers(options.pool, claimed.project, streamSeeds.map((seed) => seed.user))
+  const fromStreams = new Map<string, Seed[]>()
+  for (const seed of streamSeeds) {
+    const into = linkedInStreams.get(seed.user) ?? seed.user
+    const list = fromStreams.get(into)
+    if (list === undefined) fromStreams.set(into, [seed])
+    else list.push(seed)
   }
+  streamSeeds.length = 0
+  let published = 0
+  let batch: Seed[] = []
+  let handedOver = false
+  void inForce.then(() => (handedOver = true), () => undefined)
+  const full = () => batch.length >= (handedOver ? SEEDS_IN_FLIGHT : SEEDS_HELD)
+  const flush = async () => {
+    // every seed is applied after the control message: published once the step has the definition everywhere
+    await inForce
+    if (progress.phase === 'waiting for the funnel step to take the definition') progress.phase = 'publishing seeds'
+    const seeds = batch
+    batch = []
+    // an anonymous id linked to a user since the history's end: its seed goes to the user
+    const linked = await linkedUsers(options.pool, claimed.project, seeds.map((seed) => seed.user))
+    // one batch: one pending entry and one promise in the publisher for all of them; a few batches
+    // in flight while the next are read and matched
+    if (seeds.length > 0) {
+      const sending = options.publisher.publishBatch(seeds.map((seed) => seedMessage(claimed.project, seed, linked.get(seed.user) ?? seed.user, options.keyGroups)))
+      sending.catch(() => undefined)
+      inFlight.push(sending)
+      if (inFlight.length > SEED_BATCHES_IN_FLIGHT) await inFlight.shift()
+    }
+    published += seeds.length
+    await report()
+  }
+  const inFlight: Promise<unknown>[] = []
+  if (table !== undefined) {
+    const limits = { horizonMs: options.funnel?.horizonMs, maxEvents: options.funnel?.maxEvents }
+    const seeder = createTableSeeder({
+      project: claimed.project, funnelId: claimed.funnelId, version: claimed.version, definition: claimed.definition, limits,
+      wide: (user) => fromStreams.has(user), wideLimits: { horizonMs: DEFAULT_REPLAY_HORIZON_MS, maxEvents: REPLAY_MAX_EVENTS },
+      enrichedStream: table.enrichedStream, sessionsStream: table.sessionsStream,
+    })
+    const take = (seed: Seed | undefined) => {
+      if (seed === undefined) return
+      const alsoStreamed = fromStreams.get(seed.user)
+      if (alsoStreamed !== undefined) fromStreams.delete(seed.user)
+      batch.push(alsoStreamed === undefined ? seed : mergeSeeds(seeder.funnel, seed, alsoStreamed, limits))
+    }
+    await readHistory(options.pool, table.query, async (rows) => {
+      for (const row of rows) take(seeder.add(row))
+      progress.done += rows.length
+      if (full()) await flush()
+      else await report()
+    }, signal)
+    take(seeder.end())
+    progress.phase = 'publishing seeds'
+  }
+  for (const seeds of fromStreams.values()) {
+    batch.push(...seeds)
+    if (batch.length >= SEEDS_IN_FLIGHT) await flush()
+  }
+  await flush()
   await Promise.all(inFlight)
-  return seeds.length
+  return published
 }

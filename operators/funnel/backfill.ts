@@ -52,7 +52,7 @@ export interface SeedComputerOptions {
 /** See {@link SeedComputerOptions.replayHorizonMs}. */
 export const DEFAULT_REPLAY_HORIZON_MS = 30 * 86_400_000
 /** Events kept per (user, funnel) while replaying: the replay horizon's worth for all but the busiest users. */
-const REPLAY_MAX_EVENTS = 4_096
+export const REPLAY_MAX_EVENTS = 4_096
 
 /** One user's seed: what the funnel step merges into their state. */
 export interface Seed {

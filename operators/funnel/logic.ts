@@ -21,8 +21,10 @@ export const DEFAULT_MAX_EVENTS = 256
 export const FUNNEL_STEP_ID = 'funnel'
 /** The name sessionize gives a session's start; a funnel step may use it. */
 export const SESSION_START = '$session_start'
-const RESERVED_PREFIX = '$session_'
-const SESSION_EVENT_PREFIX = `${SESSION_START}:`
+/** Names sessionize reserves: never a funnel step from the enriched stage. */
+export const RESERVED_PREFIX = '$session_'
+/** A session start's event id in a track: this prefix and the session id. */
+export const SESSION_EVENT_PREFIX = `${SESSION_START}:`
 /** Distinct event names whose concerned funnels are remembered per set of definitions. */
 const MAX_REMEMBERED_NAMES = 10_000
 
@@ -174,7 +176,7 @@ function pathOf(message: EnrichedEventEnvelope['data']['message']): unknown {
 }
 
 /** A property of an enriched event: `$`-names from enrich's context, others from `properties` (docs/funnels.md). */
-function eventLookup(envelope: EnrichedEventEnvelope): PropertyLookup {
+export function eventLookup(envelope: EnrichedEventEnvelope): PropertyLookup {
   const { message, context } = envelope.data
   return (property) => {
     switch (property) {
@@ -195,7 +197,7 @@ function eventLookup(envelope: EnrichedEventEnvelope): PropertyLookup {
   }
 }
 
-function sessionLookup(session: Session): PropertyLookup {
+export function sessionLookup(session: Session): PropertyLookup {
   return (property) => {
     switch (property) {
       case '$channel': return session.channel
@@ -206,10 +208,10 @@ function sessionLookup(session: Session): PropertyLookup {
   }
 }
 
-const breakdownValue = (value: unknown) => (value === undefined || value === null ? undefined : typeof value === 'string' ? value : JSON.stringify(value))
+export const breakdownValue = (value: unknown) => (value === undefined || value === null ? undefined : typeof value === 'string' ? value : JSON.stringify(value))
 
 /** Whether the event can start an attempt (the breakdown is taken from there). */
-function startsAttempt(funnel: CompiledFunnel, mask: number) {
+export function startsAttempt(funnel: CompiledFunnel, mask: number) {
   return funnel.mode === MODE_ANY_ORDER ? (mask & ((1 << EXCLUSION_SHIFT) - 1)) !== 0 : (mask & 1) !== 0
 }
 

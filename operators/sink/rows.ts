@@ -33,6 +33,7 @@ export function eventRowOf(envelope: EnrichedEventEnvelope, enrichedSeq: number)
     traits: message.traits ?? null,
     context: message.context ?? {},
     extra,
+    enrichment: envelope.data.context ?? null,
   }
 }
 

@@ -125,7 +125,10 @@ t.test('eventRowOf', async (t) => {
       channel: 'server',
       custom: { a: [1, 2] },
     },
+    enrichment: null,
   }, 'every column, unknown fields in extra')
+  const context = { device: { type: 'mobile', os: 'iOS' }, acquisition: { channel: 'email', source: 'newsletter' }, geo: { country: 'DE' }, bot: false }
+  t.strictSame(eventRowOf({ ...envelope, data: { ...envelope.data, context } }, 1).enrichment, context, "enrich's context in the enrichment column (migration 0013)")
 
   const cases: Array<{ name: string; message: SegmentMessage; expect: Record<string, unknown> }> = [
     {
