@@ -9,8 +9,10 @@ import { restrictedFunnelView, type LiveFunnel, type LiveFunnelView } from './fu
  * The restriction is on profile dimensions the funnel step does not read, so its counts are of
  * all users. The restricted numbers come from the `/result` query (SQL over `funnel_progress`
  * joined with `profiles`), run again whenever the live counts of all the funnel's users change:
- * - **coalesced** per funnel: one query in flight, at most one per `minIntervalMs`; a change while
- *   one runs makes one more run after it (the latest change wins);
+ * - **coalesced** per funnel: one query in flight, at most one per `minIntervalMs`, and after a
+ *   query a pause at least as long as it took (a funnel keeps the database busy half the time at
+ *   most, over millions of users too); a change while one runs makes one more run after it (the
+ *   latest change wins);
  * - **freshness**: the same statement counts all the funnel's users in `funnel_progress`; when
  *   that differs from the live counts (sink-funnels writes a little after funnel-counts
  *   publishes), the query runs again after `retryDelayMs`, at most `maxRetries` times in a row;
@@ -50,6 +52,9 @@ interface Entry {
   again: boolean
   due: ReturnType<typeof setTimeout> | undefined
   lastRunAt: number
+  /** When the last query ended and how long it took: the next waits at least as long. */
+  lastEndAt: number
+  lastTookMs: number
   retries: number
   /** The live counts (of all users) the last run was triggered by, as a comparable key. */
   liveKey: string
@@ -140,7 +145,7 @@ export class RestrictedFunnels {
     let settleReady!: () => void
     const ready = new Promise<void>((resolve) => (settleReady = resolve))
     entry = {
-      project, funnel, view: undefined, ready, settleReady, running: false, again: false, due: undefined, lastRunAt: Number.NEGATIVE_INFINITY,
+      project, funnel, view: undefined, ready, settleReady, running: false, again: false, due: undefined, lastRunAt: Number.NEGATIVE_INFINITY, lastEndAt: 0, lastTookMs: 0,
       retries: 0, liveKey: '', segmentSize: undefined, listeners: new Set(), askedAt: Date.now(),
     }
     this.#entries.set(key, entry)
@@ -154,7 +159,8 @@ export class RestrictedFunnels {
       return
     }
     if (entry.due !== undefined) return // a run is due: it will see this change too
-    const wait = Math.max(delayMs, entry.lastRunAt + this.#options.minIntervalMs - Date.now(), 0)
+    const now = Date.now()
+    const wait = Math.max(delayMs, entry.lastRunAt + this.#options.minIntervalMs - now, entry.lastEndAt + entry.lastTookMs - now, 0)
     entry.due = setTimeout(() => {
       entry.due = undefined
       void this.#run(entry)
@@ -171,20 +177,24 @@ export class RestrictedFunnels {
     try {
       this.queries++
       const result = await this.#options.compute(entry.project, funnel.id)
-      if (entry.funnel !== funnel) return // changed while the query ran: the run after it answers
-      const live = this.#options.liveSums(entry.project, funnel)
-      // only the same version compares; another one means the funnel changed under the watch
-      behind = result.funnel.version === funnel.version && countsKey(result.allUsers) !== countsKey(live)
-      const view = restrictedFunnelView(funnel, result, live)
-      const changed = entry.view === undefined || JSON.stringify(entry.view) !== JSON.stringify(view)
-      entry.view = view
-      entry.settleReady()
-      if (changed) for (const listener of entry.listeners) listener()
+      // a funnel changed while the query ran is answered by the run after it (scheduled by the change)
+      if (entry.funnel === funnel) {
+        const live = this.#options.liveSums(entry.project, funnel)
+        // only the same version compares; another one means the funnel changed under the watch
+        behind = result.funnel.version === funnel.version && countsKey(result.allUsers) !== countsKey(live)
+        const view = restrictedFunnelView(funnel, result, live)
+        const changed = entry.view === undefined || JSON.stringify(entry.view) !== JSON.stringify(view)
+        entry.view = view
+        entry.settleReady()
+        if (changed) for (const listener of entry.listeners) listener()
+      }
     } catch (error) {
       this.#options.logger.warn({ err: error, project: entry.project, funnel: funnel.id }, 'live: the restricted counts of a funnel could not be computed; the last ones stay')
-      entry.settleReady()
+      if (entry.funnel === funnel) entry.settleReady()
     } finally {
       entry.running = false
+      entry.lastEndAt = Date.now()
+      entry.lastTookMs = entry.lastEndAt - entry.lastRunAt
     }
     if (entry.again) this.#schedule(entry)
     else if (behind && entry.retries < this.#options.maxRetries) {

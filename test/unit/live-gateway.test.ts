@@ -177,4 +177,14 @@ t.test('restricted funnels: one query in flight per funnel, the latest change wi
   restricted.liveChanged('p', { ...sums, segments: { seg_may: 2 } })
   await until(() => restricted.queries === 9)
   t.pass('the saved segment\'s live size moved: queried again')
+
+  // the funnel's segment changed in place while a query runs: the view waits for a query of the new definition
+  slow = true
+  restricted.liveChanged('p', { ...sums, segments: { seg_may: 3 } })
+  await until(() => waiting.length === 1)
+  const changed = restricted.current('p', { ...funnel, definition: { ...definition, segment: { segmentId: 'seg_june' } } })
+  slow = false
+  waiting.shift()!()
+  t.ok(await changed, 'answered')
+  t.equal(restricted.queries, 11, 'by the query after the one that ran under the old definition')
 })
