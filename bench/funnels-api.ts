@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createLogger } from '../config/logger.ts'
-import { funnelAudience, funnelResult, funnelTrends, streamFunnelAudience } from '../store/funnels.ts'
+import { funnelAudience, funnelResult, funnelResultWithAllUsers, funnelTrends, streamFunnelAudience } from '../store/funnels.ts'
 import { openStore } from '../store/store.ts'
 import { startBenchPostgres } from './explore-postgres.ts'
 
@@ -53,6 +53,8 @@ try {
   const last = (await funnelAudience(pool, context, 'signup', { level: 2, status: 'dropped', limit: 1000 })).users.at(-1)!.canonicalId
   const queries: Record<string, () => Promise<unknown>> = {
     'result': () => funnelResult(pool, context, 'signup'),
+    // the live view of a restricted funnel (gateway/live/restricted.ts): the same, plus all users' counts
+    'result + all users (live)': () => funnelResultWithAllUsers(pool, context, 'signup'),
     'result breakdown': () => funnelResult(pool, context, 'signup', { breakdown: true }),
     'result one week': () => funnelResult(pool, context, 'signup', { from: '2019-05-06T00:00:00Z', to: '2019-05-13T00:00:00Z' }),
     'trends day': () => funnelTrends(pool, context, 'signup', { interval: 'day' }),

@@ -8,7 +8,8 @@
  *   the writing transaction: when publishing fails nothing is stored), `listFunnels`, `getFunnel`.
  * - Reads over progress, each one statement in a READ ONLY transaction with a statement timeout
  *   (store/explore.ts's): `funnelResult` (per step: reached, conversion, drop-off, in progress /
- *   dropped, times to convert; optionally per breakdown value), `funnelTrends` (conversion by
+ *   dropped, times to convert; optionally per breakdown value), `funnelResultWithAllUsers` (the
+ *   same, plus the per-step counts of all the funnel's users, for the live view of a restricted funnel), `funnelTrends` (conversion by
  *   local day or week of the first step), `funnelAudience` / `streamFunnelAudience` (the users at
  *   exactly one level, keyset-paged, with their profile).
  * - Pure: `segmentToFilter` (a funnel's profile conditions as an exploration filter), `stepsOf`
@@ -144,6 +145,8 @@ async function catalogFor(query: Query, project: string, filter: Filter | undefi
 interface Scope {
   where: string
   params: Params
+  /** The funnel's rows of all its users (no segment, no time range), over `funnel_progress fp` alone: what funnel-counts counts. */
+  allUsersWhere: string
   /** Where the segment's behavioural conditions ended, when it has any. */
   asOf?: Date
 }
@@ -173,13 +176,14 @@ async function scope(query: Query, context: ExploreContext, funnel: StoredFunnel
     throw error
   }
   const { params } = prepared
-  const parts = [
+  const progress = [
     'fp.project = $1', `fp.funnel_id = ${params.add(funnel.id, 'text')}`, `fp.funnel_version = ${params.add(funnel.version, 'int')}`,
-    `fp.status <> 'none'`, 'fp.merged_into IS NULL', 'fp.level >= 1', prepared.where,
+    `fp.status <> 'none'`, 'fp.merged_into IS NULL', 'fp.level >= 1',
   ]
+  const parts = [...progress, prepared.where]
   if (checked.from) parts.push(`fp.step_times[1] >= ${params.add(checked.from, 'timestamptz')}`)
   if (checked.to) parts.push(`fp.step_times[1] < ${params.add(checked.to, 'timestamptz')}`)
-  return { where: parts.join('\n    AND '), params, asOf: prepared.asOf }
+  return { where: parts.join('\n    AND '), allUsersWhere: progress.join('\n    AND '), params, asOf: prepared.asOf }
 }
 
 const FROM = 'funnel_progress fp JOIN profiles p ON p.project = fp.project AND p.canonical_id = fp.canonical_id'
@@ -381,60 +385,98 @@ export function stepsOf(definition: FunnelDefinition, atLevel: ReadonlyMap<numbe
  * statement (one snapshot) for the counts and the times.
  */
 export async function funnelResult(db: Database, context: ExploreContext, id: string, request: TimeRange & { breakdown?: boolean } = {}): Promise<FunnelResult> {
-  return read(db, context, async (query) => {
-    const funnel = await loadFunnel(query, context.project, id)
-    const property = funnel.definition.breakdown?.property
-    if (request.breakdown && !property) throw new ExploreInputError(`breakdown: the funnel "${id}" has no breakdown property; give it one (breakdown: { property }) with PUT /v1/funnels/${id}`)
-    const { where, params, asOf } = await scope(query, context, funnel, request)
-    const byValue = request.breakdown === true
-    // the pairs of consecutive steps: a constant series (generate_series(1, level - 1) per user would
-    // be estimated at 1,000 rows each, and the inflated cost has the server JIT-compile the query)
-    const rows = (await query<{ kind: 'count' | 'time'; all_values: number; breakdown: string | null; k: number; status: FunnelStatus | null; n: string; median: number | null; p90: number | null }>(
-      `WITH users AS (
-         SELECT fp.level, fp.status, fp.step_times, fp.breakdown FROM ${FROM}
-          WHERE ${where}
-       )
-       SELECT 'count' AS kind, ${byValue ? 'grouping(breakdown)' : '1'} AS all_values, ${byValue ? 'breakdown' : 'NULL::text AS breakdown'}, level AS k, status, count(*) AS n,
-              NULL::float8 AS median, NULL::float8 AS p90
-         FROM users GROUP BY ${byValue ? 'GROUPING SETS ((level, status), (breakdown, level, status))' : 'level, status'}
-       UNION ALL
-       SELECT 'time', ${byValue ? 'grouping(breakdown)' : '1'}, ${byValue ? 'breakdown' : 'NULL::text'}, k, NULL, count(*),
-              percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)
-         FROM (SELECT u.breakdown, k, (extract(epoch FROM u.step_times[k + 1] - u.step_times[k]) * 1000)::float8 AS ms
-                 FROM users u JOIN generate_series(1, ${funnel.definition.steps.length - 1}) AS k ON k < u.level) d
-        GROUP BY ${byValue ? 'GROUPING SETS ((k), (breakdown, k))' : 'k'}`, params.values)).rows
+  return read(db, context, async (query) => (await resultOf(query, context, id, request, false)).result)
+}
 
-    type Acc = { atLevel: Map<number, { inProgress: number; dropped: number; total: number }>; times: Map<number, TimeToConvert> }
-    const groups = new Map<string | null, Acc>()
-    const all: Acc = { atLevel: new Map(), times: new Map() }
-    for (const row of rows) {
-      const acc = Number(row.all_values) === 1 ? all : groups.get(row.breakdown) ?? groups.set(row.breakdown, { atLevel: new Map(), times: new Map() }).get(row.breakdown)!
-      const count = Number(row.n)
-      if (row.kind === 'time') {
-        acc.times.set(row.k, { users: count, medianMs: Math.round(row.median!), p90Ms: Math.round(row.p90!) })
-        continue
-      }
-      const level = acc.atLevel.get(row.k) ?? { inProgress: 0, dropped: 0, total: 0 }
-      level.total += count
-      if (row.status === 'in_progress') level.inProgress += count
-      if (row.status === 'dropped') level.dropped += count
-      acc.atLevel.set(row.k, level)
-    }
-    const result: FunnelResult = {
-      funnel: { id: funnel.id, name: funnel.name, version: funnel.version },
-      from: request.from === undefined ? null : parseTime(request.from, 'from').toISOString(),
-      to: request.to === undefined ? null : parseTime(request.to, 'to').toISOString(),
-      ...stepsOf(funnel.definition, all.atLevel, all.times),
-    }
-    if (byValue) {
-      const values = [...groups].map(([value, acc]) => ({ value, ...stepsOf(funnel.definition, acc.atLevel, acc.times) }))
-      // most users first; ties by value, users without one last
-      values.sort((a, b) => b.entered - a.entered || (a.value === null ? 1 : b.value === null ? -1 : a.value < b.value ? -1 : a.value > b.value ? 1 : 0))
-      result.breakdown = { property: property!, values }
-    }
-    if (asOf) result.asOf = asOf.toISOString()
-    return result
+/** Per step, over every user of the funnel (no segment restriction): what funnel-counts counts live. */
+export interface AllUsersCounts {
+  reached: number[]
+  inProgress: number[]
+  dropped: number[]
+}
+
+/**
+ * `funnelResult` (no time range, no breakdown), and in the same statement the per-step counts
+ * of **all** the funnel's users straight from `funnel_progress` (no profile join, no segment):
+ * the live view of a restricted funnel (gateway/live/restricted.ts) compares them with the live
+ * counts of all users to tell whether sink-funnels has written what the live counts have seen.
+ */
+export async function funnelResultWithAllUsers(db: Database, context: ExploreContext, id: string): Promise<FunnelResult & { allUsers: AllUsersCounts }> {
+  return read(db, context, async (query) => {
+    const { result, allUsers } = await resultOf(query, context, id, {}, true)
+    return { ...result, allUsers: allUsers! }
   })
+}
+
+type LevelCounts = Map<number, { inProgress: number; dropped: number; total: number }>
+
+async function resultOf(query: Query, context: ExploreContext, id: string, request: TimeRange & { breakdown?: boolean }, withAllUsers: boolean): Promise<{ result: FunnelResult; allUsers?: AllUsersCounts }> {
+  const funnel = await loadFunnel(query, context.project, id)
+  const property = funnel.definition.breakdown?.property
+  if (request.breakdown && !property) throw new ExploreInputError(`breakdown: the funnel "${id}" has no breakdown property; give it one (breakdown: { property }) with PUT /v1/funnels/${id}`)
+  const { where, allUsersWhere, params, asOf } = await scope(query, context, funnel, request)
+  const byValue = request.breakdown === true
+  // the pairs of consecutive steps: a constant series (generate_series(1, level - 1) per user would
+  // be estimated at 1,000 rows each, and the inflated cost has the server JIT-compile the query)
+  const rows = (await query<{ kind: 'count' | 'time' | 'all_users'; all_values: number; breakdown: string | null; k: number; status: FunnelStatus | null; n: string; median: number | null; p90: number | null }>(
+    `WITH users AS (
+       SELECT fp.level, fp.status, fp.step_times, fp.breakdown FROM ${FROM}
+        WHERE ${where}
+     )
+     SELECT 'count' AS kind, ${byValue ? 'grouping(breakdown)' : '1'} AS all_values, ${byValue ? 'breakdown' : 'NULL::text AS breakdown'}, level AS k, status, count(*) AS n,
+            NULL::float8 AS median, NULL::float8 AS p90
+       FROM users GROUP BY ${byValue ? 'GROUPING SETS ((level, status), (breakdown, level, status))' : 'level, status'}
+     UNION ALL
+     SELECT 'time', ${byValue ? 'grouping(breakdown)' : '1'}, ${byValue ? 'breakdown' : 'NULL::text'}, k, NULL, count(*),
+            percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)
+       FROM (SELECT u.breakdown, k, (extract(epoch FROM u.step_times[k + 1] - u.step_times[k]) * 1000)::float8 AS ms
+               FROM users u JOIN generate_series(1, ${funnel.definition.steps.length - 1}) AS k ON k < u.level) d
+      GROUP BY ${byValue ? 'GROUPING SETS ((k), (breakdown, k))' : 'k'}${withAllUsers ? `
+     UNION ALL
+     SELECT 'all_users', 1, NULL::text, fp.level, fp.status, count(*), NULL, NULL
+       FROM funnel_progress fp WHERE ${allUsersWhere}
+      GROUP BY fp.level, fp.status` : ''}`, params.values)).rows
+
+  type Acc = { atLevel: LevelCounts; times: Map<number, TimeToConvert> }
+  const groups = new Map<string | null, Acc>()
+  const all: Acc = { atLevel: new Map(), times: new Map() }
+  const allUsersAtLevel: LevelCounts = new Map()
+  const addAtLevel = (atLevel: LevelCounts, row: { k: number; status: FunnelStatus | null }, count: number) => {
+    const level = atLevel.get(row.k) ?? { inProgress: 0, dropped: 0, total: 0 }
+    level.total += count
+    if (row.status === 'in_progress') level.inProgress += count
+    if (row.status === 'dropped') level.dropped += count
+    atLevel.set(row.k, level)
+  }
+  for (const row of rows) {
+    const count = Number(row.n)
+    if (row.kind === 'all_users') {
+      addAtLevel(allUsersAtLevel, row, count)
+      continue
+    }
+    const acc = Number(row.all_values) === 1 ? all : groups.get(row.breakdown) ?? groups.set(row.breakdown, { atLevel: new Map(), times: new Map() }).get(row.breakdown)!
+    if (row.kind === 'time') {
+      acc.times.set(row.k, { users: count, medianMs: Math.round(row.median!), p90Ms: Math.round(row.p90!) })
+      continue
+    }
+    addAtLevel(acc.atLevel, row, count)
+  }
+  const result: FunnelResult = {
+    funnel: { id: funnel.id, name: funnel.name, version: funnel.version },
+    from: request.from === undefined ? null : parseTime(request.from, 'from').toISOString(),
+    to: request.to === undefined ? null : parseTime(request.to, 'to').toISOString(),
+    ...stepsOf(funnel.definition, all.atLevel, all.times),
+  }
+  if (byValue) {
+    const values = [...groups].map(([value, acc]) => ({ value, ...stepsOf(funnel.definition, acc.atLevel, acc.times) }))
+    // most users first; ties by value, users without one last
+    values.sort((a, b) => b.entered - a.entered || (a.value === null ? 1 : b.value === null ? -1 : a.value < b.value ? -1 : a.value > b.value ? 1 : 0))
+    result.breakdown = { property: property!, values }
+  }
+  if (asOf) result.asOf = asOf.toISOString()
+  if (!withAllUsers) return { result }
+  const steps = stepsOf(funnel.definition, allUsersAtLevel, new Map()).steps
+  return { result, allUsers: { reached: steps.map((step) => step.reached), inProgress: steps.map((step) => step.inProgress), dropped: steps.map((step) => step.dropped) } }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import { eventually, startSystem, type System } from './harness/system.ts'
 // gateway's WebSocket and GET /v1/live/counts must equal GET /v1/funnels/:id/result (SQL over
 // funnel_progress and profiles) per step once quiet. A re-run of funnel-counts from the start of
 // SEG_FUNNELS (its state wiped, past the duplicate window: every progress message read again and
-// every count republished) changes no number and pushes nothing.
+// every count republished) changes no number and pushes nothing. Funnels restricted to a segment
+// (an inline profile condition, a saved segment) get the /result numbers, recomputed by SQL as the
+// live counts move: a user in the segment moves them, one outside does not.
 
 const STEPS = ['enrich', 'sessionize', 'profile', 'funnel', 'sink-profiles', 'sink-funnels', 'funnel-counts']
 const KEY_GROUPS = 4
@@ -24,8 +26,12 @@ const target = DATABASE_TARGETS[0]
 
 interface Logged { type: string; messageId: string; timestamp: string; anonymousId?: string; userId?: string; event?: string; traits?: object }
 
-/** A seeded history: each person views, maybe adds to the cart, maybe buys; a third are anonymous until they identify. */
-function history(seed: number): { events: Logged[]; entered: number; last: number } {
+/**
+ * A seeded history: each person views, maybe adds to the cart, maybe buys; a third are anonymous
+ * until they identify (with the trait plan = pro). With `aprilEvery`, every such person first
+ * browsed in April (acquired in 2019-04, outside a May cohort); the draw is the same.
+ */
+function history(seed: number, aprilEvery = 0): { events: Logged[]; entered: number; last: number } {
   const random = seededRandom(seed)
   const events: Logged[] = []
   let entered = 0
@@ -36,6 +42,9 @@ function history(seed: number): { events: Logged[]; entered: number; last: numbe
     const attempts = 1 + Math.floor(random() * 2)
     let step = 0
     const who = () => (step < anonymousUntil ? { anonymousId: `anon-${person}` } : { anonymousId: `anon-${person}`, userId: `person-${person}` })
+    if (aprilEvery > 0 && person % aprilEvery === 1) {
+      events.push({ type: 'track', messageId: `april-${person}`, timestamp: new Date(Date.parse('2019-04-20T12:00:00.000Z') + person * MINUTE).toISOString(), event: 'Browsed', ...who() })
+    }
     const add = (event: string) => {
       if (step === anonymousUntil && anonymousUntil > 0) events.push({ type: 'identify', messageId: `identify-${person}`, timestamp: new Date(time).toISOString(), anonymousId: `anon-${person}`, userId: `person-${person}`, traits: { plan: 'pro' } })
       events.push({ type: 'track', messageId: `e-${person}-${step}`, timestamp: new Date(time).toISOString(), event, ...who() })
@@ -180,4 +189,100 @@ t.test('live funnel step counts equal the /result API once quiet, over the WebSo
   t.same(await storedFunnelCounts(system), before, 'the same versions and counts in every key group')
   t.same(numbers(last()!.funnels.checkout.steps), sql, 'the gateway counted nothing twice')
   t.equal(messages.filter((message) => message.type === 'counts').length, pushes, 'and pushed nothing: no number changed')
+})
+
+t.test('restricted funnels: the live view is the /result of the segment, moved by a user in it and not by one outside', async (t) => {
+  const system = await startSystem({ database: target.start, poolSize: target.poolSize, keyGroups: KEY_GROUPS })
+  t.teardown(() => system.close())
+  const { apiKey } = await system.createProject('shop')
+  const headers = { authorization: `Bearer ${apiKey}` }
+  await system.startOperators(STEPS)
+
+  // a saved segment on a trait needs a profile with the trait first
+  await importBatch(system, apiKey, [{ type: 'identify', messageId: 'early', timestamp: '2019-04-01T00:00:00.000Z', userId: 'person-early', traits: { plan: 'free' } }])
+  let segmentId = ''
+  await eventually('the pro segment saved', async () => {
+    const segment = await system.app.inject({ method: 'POST', url: '/v1/segments', headers, payload: { name: 'Pro', filter: { all: [{ dimension: 'trait.plan', equals: 'pro' }] } } })
+    segmentId = segment.statusCode === 201 ? segment.json().id : ''
+    return segmentId !== ''
+  }, 30_000)
+  const steps = [{ event: 'Viewed' }, { event: 'Added', label: 'Cart' }, { event: 'Bought' }]
+  for (const payload of [
+    { id: 'all', name: 'Everyone', windowMs: HOUR, steps },
+    { id: 'may', name: 'May cohort', windowMs: HOUR, steps, segment: { profile: [{ field: 'acquisition_month', value: '2019-05' }] } },
+    { id: 'pro', name: 'Pro', windowMs: HOUR, steps, segment: { segmentId } },
+  ]) {
+    const created = await system.app.inject({ method: 'POST', url: '/v1/funnels', headers, payload })
+    t.equal(created.statusCode, 201, created.body)
+  }
+  const ids = ['all', 'may', 'pro'] as const
+
+  const socket = await system.app.injectWS(`/v1/live?key=${encodeURIComponent(apiKey)}`)
+  t.teardown(() => socket.terminate())
+  const messages: Array<Record<string, any>> = []
+  socket.on('message', (data: Buffer) => messages.push(JSON.parse(data.toString('utf8'))))
+  const last = () => messages.filter((message) => message.type === 'counts').at(-1)
+  socket.send(JSON.stringify({ type: 'watch', funnels: ids }))
+  await eventually('the first counts, at once', () => last()?.funnels?.pro !== undefined)
+  t.same(ids.map((id) => last()!.funnels[id].segmentApplied), [true, true, true], 'every view applies its funnel\'s restriction')
+
+  const { events, last: lastTime } = history(11, 4)
+  for (let at = 0; at < events.length; at += 100) await importBatch(system, apiKey, events.slice(at, at + 100))
+  const clock = { time: lastTime + 10 * MINUTE }
+  await crawl(system, apiKey, clock.time)
+
+  const result = async (id: string) => {
+    const response = await system.app.inject({ url: `/v1/funnels/${id}/result`, headers })
+    if (response.statusCode !== 200) throw new Error(`result answered ${response.statusCode}: ${response.body}`)
+    return numbers((response.json() as { steps: Step[] }).steps)
+  }
+  const pushed = (id: string) => (last()?.funnels?.[id] ? numbers(last()!.funnels[id].steps) : [])
+  const sql: Record<string, Step[]> = {}
+  /** Every watched funnel's pushed numbers equal its /result. */
+  const allEqual = async () => {
+    for (const id of ids) sql[id] = await result(id)
+    return ids.every((id) => JSON.stringify(pushed(id)) === JSON.stringify(sql[id]))
+  }
+  try {
+    await settle(system, apiKey, clock, 'every pushed funnel equals its result', async () => (await result('all'))[0]!.reached > 0 && allEqual(), 120_000)
+  } finally {
+    for (const id of ids) t.same(pushed(id), sql[id], `pushed over the WebSocket, funnel "${id}": per step what /result counts (${sql[id]?.map((step) => step.reached).join(' → ')})`)
+  }
+  t.ok(sql.may![0]!.reached < sql.all![0]!.reached && sql.may![0]!.reached > 0, `the May cohort is a part of everyone (${sql.may![0]!.reached} of ${sql.all![0]!.reached})`)
+  t.ok(sql.pro![0]!.reached < sql.all![0]!.reached && sql.pro![0]!.reached > 0, `so are the pro users (${sql.pro![0]!.reached})`)
+
+  const http = (await system.app.inject({ url: '/v1/live/counts', headers })).json() as { funnels: Array<{ id: string; segmentApplied: boolean; steps: Step[] & Array<{ timeToConvert: any }> }> }
+  for (const id of ids) {
+    const funnel = http.funnels.find((entry) => entry.id === id)!
+    t.same([funnel.segmentApplied, numbers(funnel.steps)], [true, sql[id]], `GET /v1/live/counts, funnel "${id}": the same`)
+  }
+  const may = http.funnels.find((entry) => entry.id === 'may')!
+  if (sql.may![1]!.reached > 0) t.ok(may.steps[1]!.timeToConvert.medianMs >= 0 && may.steps[1]!.timeToConvert.users === sql.may![1]!.reached, 'exact times to convert from SQL')
+
+  // a new user of the May cohort, in the pro segment: both restricted views move by one entry
+  const before = { may: pushed('may'), pro: pushed('pro') }
+  clock.time += MINUTE
+  await importBatch(system, apiKey, [
+    { type: 'identify', messageId: 'new-in-identify', timestamp: new Date(clock.time).toISOString(), userId: 'person-new-in', traits: { plan: 'pro' } },
+    { type: 'track', messageId: 'new-in-view', timestamp: new Date(clock.time + 1_000).toISOString(), userId: 'person-new-in', event: 'Viewed' },
+  ])
+  clock.time += 1_000
+  await settle(system, apiKey, clock, 'a user in the segments moved the restricted views', async () =>
+    pushed('may')[0]!.reached === before.may[0]!.reached + 1 && pushed('pro')[0]!.reached === before.pro[0]!.reached + 1 && allEqual())
+  t.same([pushed('may')[0]!.reached, pushed('pro')[0]!.reached], [before.may[0]!.reached + 1, before.pro[0]!.reached + 1], 'a user in the segment: one more entered, pushed')
+  for (const id of ids) t.same(pushed(id), sql[id], `and funnel "${id}" still equals /result`)
+
+  // person-early (acquired in April, plan free) views: everyone's view moves, the restricted ones do not
+  const outside = { all: pushed('all'), may: pushed('may'), pro: pushed('pro') }
+  clock.time += MINUTE
+  await importBatch(system, apiKey, [
+    { type: 'track', messageId: 'early-view', timestamp: new Date(clock.time).toISOString(), userId: 'person-early', event: 'Viewed' },
+  ])
+  await settle(system, apiKey, clock, 'the outside user counted in everyone\'s view', async () => {
+    if (pushed('all')[0]!.reached !== outside.all[0]!.reached + 1) return false
+    return JSON.stringify(await result('all')) === JSON.stringify(pushed('all')) // sink-funnels has written it too
+  })
+  await new Promise((resolve) => setTimeout(resolve, 1_500)) // a restricted query or two later
+  t.same([pushed('may'), pushed('pro')], [outside.may, outside.pro], 'a user outside the segments: the restricted views did not change')
+  t.same([await result('may'), await result('pro')], [outside.may, outside.pro], 'nor did /result')
 })

@@ -24,6 +24,7 @@ export class LiveCountsFeed {
   readonly #nc: NatsConnection
   readonly #logger: Logger
   readonly #listeners = new Map<string, Set<LiveListener>>()
+  readonly #everyProject = new Set<(project: string, sums: LiveSums) => void>()
   readonly #abort = new AbortController()
   #messages: ConsumerMessages | undefined
   #running: Promise<void> | undefined
@@ -49,6 +50,12 @@ export class LiveCountsFeed {
       listeners.delete(listener)
       if (listeners.size === 0) this.#listeners.delete(project)
     }
+  }
+
+  /** Calls `listener` with the project and its sums whenever any project's sums change; returns the unsubscribe. */
+  listenAll(listener: (project: string, sums: LiveSums) => void): () => void {
+    this.#everyProject.add(listener)
+    return () => this.#everyProject.delete(listener)
   }
 
   async stop(): Promise<void> {
@@ -91,9 +98,10 @@ export class LiveCountsFeed {
         if (!this.book.applyFunnels(envelope.project, envelope.data)) return
       } else return
       const listeners = this.#listeners.get(envelope.project)
-      if (!listeners || listeners.size === 0) return
+      if ((!listeners || listeners.size === 0) && this.#everyProject.size === 0) return
       const sums = this.book.sums(envelope.project)
-      for (const listener of listeners) listener(sums)
+      for (const listener of this.#everyProject) listener(envelope.project, sums)
+      for (const listener of listeners ?? []) listener(sums)
     } catch (error) {
       this.#logger.warn({ err: error, subject }, 'live counts: a message that is not live_counts or live_funnel_counts was skipped')
     }

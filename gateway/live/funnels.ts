@@ -1,6 +1,7 @@
 import type pg from 'pg'
 import Type, { type Static } from 'typebox'
-import { DURATION_BUCKETS_MS, type FunnelDefinition } from '../../schemas/funnel.ts'
+import { DURATION_BUCKETS_MS, durationBucketOf, type FunnelDefinition } from '../../schemas/funnel.ts'
+import type { FunnelResult } from '../../store/funnels.ts'
 import { DatabaseUnavailableError, isConnectionError } from '../../store/store.ts'
 import type { FunnelSums } from './book.ts'
 
@@ -30,6 +31,8 @@ const TimeToConvert = Type.Union([
     users: Type.Integer({ description: 'users who reached this step (and so the one before)' }),
     medianAtMostMs: Type.Union([Type.Integer(), Type.Null()], { description: 'the upper bound of the bucket holding the median time from the previous step (DURATION_BUCKETS_MS); null in the open bucket' }),
     p90AtMostMs: Type.Union([Type.Integer(), Type.Null()], { description: 'the same for the 90th percentile' }),
+    medianMs: Type.Optional(Type.Integer({ description: 'restricted funnels only (computed in SQL): the exact median, as GET /v1/funnels/:id/result has it' })),
+    p90Ms: Type.Optional(Type.Integer({ description: 'restricted funnels only: the exact 90th percentile' })),
   }),
   Type.Null(),
 ])
@@ -41,7 +44,7 @@ export const LiveFunnelView = Type.Object({
   version: Type.Integer({ description: 'the funnel version counted: the current one' }),
   asOf: Type.Union([Type.String(), Type.Null()], { description: 'event time of the newest progress counted, ISO 8601; null before any' }),
   keyGroups: Type.Integer({ description: 'key groups that have published funnel counts for the project' }),
-  segmentApplied: Type.Boolean({ description: 'false when the funnel has a segment restriction: live counts are of all users (GET /v1/funnels/:id/result applies it)' }),
+  segmentApplied: Type.Boolean({ description: 'true: the funnel\'s users (its segment restriction applied, by SQL triggered by the live counts); false only for a restricted funnel whose SQL failed: then these are all its users' }),
   entered: Type.Integer(),
   converted: Type.Integer(),
   steps: Type.Array(Type.Object({
@@ -83,6 +86,31 @@ export function funnelView(funnel: LiveFunnel, sums: FunnelSums): LiveFunnelView
   })
   return {
     id: funnel.id, name: funnel.name, version: funnel.version, asOf: sums.asOf === null ? null : new Date(sums.asOf).toISOString(), keyGroups: sums.keyGroups,
+    // a restricted funnel reaches here only when its SQL failed: these are all its users
     segmentApplied: funnel.definition.segment === undefined, entered: steps[0]?.reached ?? 0, converted: steps.at(-1)?.reached ?? 0, steps,
+  }
+}
+
+/** The upper bound of the duration bucket holding `ms`; null in the open bucket. */
+const bucketBound = (ms: number): number | null => DURATION_BUCKETS_MS[durationBucketOf(ms)] ?? null
+
+/**
+ * A restricted funnel's view from its /result numbers (SQL: the segment applied); `live` gives the
+ * event time and key groups of the live counts that triggered the query. The times to convert are
+ * exact (`medianMs`, `p90Ms`) and, for a reader of unrestricted views, their bucket bounds.
+ */
+export function restrictedFunnelView(funnel: LiveFunnel, result: FunnelResult, live: Pick<FunnelSums, 'asOf' | 'keyGroups'>): LiveFunnelView {
+  return {
+    id: funnel.id, name: result.funnel.name, version: result.funnel.version,
+    asOf: live.asOf === null ? null : new Date(live.asOf).toISOString(), keyGroups: live.keyGroups,
+    segmentApplied: true, entered: result.entered, converted: result.converted,
+    steps: result.steps.map((step) => ({
+      step: step.step, event: step.event, ...(step.label === undefined ? {} : { label: step.label }),
+      reached: step.reached, dropOff: step.dropOff, inProgress: step.inProgress, dropped: step.dropped,
+      timeToConvert: step.timeToConvert === null ? null : {
+        users: step.timeToConvert.users, medianAtMostMs: bucketBound(step.timeToConvert.medianMs), p90AtMostMs: bucketBound(step.timeToConvert.p90Ms),
+        medianMs: step.timeToConvert.medianMs, p90Ms: step.timeToConvert.p90Ms,
+      },
+    })),
   }
 }

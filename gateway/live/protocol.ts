@@ -1,5 +1,5 @@
-import type { FunnelSums, LiveSums } from './book.ts'
-import { funnelView, type LiveFunnel, type LiveFunnelView } from './funnels.ts'
+import type { LiveSums } from './book.ts'
+import type { LiveFunnelView } from './funnels.ts'
 
 /**
  * The WebSocket protocol of `/v1/live` (docs/live.md). JSON text frames.
@@ -33,7 +33,7 @@ export interface CountsMessage {
   engagement?: LiveSums['engagement']
   /** Users per watched segment; null for a segment without a live size (behavioural conditions). */
   segments?: Record<string, number | null>
-  /** Per watched funnel id, its step counts (the version current when watched). */
+  /** Per watched funnel id, its step counts (the version current when watched; a restricted funnel's from SQL). */
   funnels?: Record<string, LiveFunnelView>
 }
 
@@ -74,9 +74,9 @@ export function parseWatch(text: string): Watch | { error: string } {
 
 /**
  * What a watch shows of the sums; `notLive` are the watched segments without a live size; `funnels`
- * the watched funnels with their summed step counts.
+ * the watched funnels' views (funnelView of their summed step counts, or a restricted funnel's view).
  */
-export function countsMessage(sums: LiveSums, watch: Watch, notLive: ReadonlySet<string>, totalKeyGroups: number, funnels: ReadonlyArray<[LiveFunnel, FunnelSums]> = []): CountsMessage {
+export function countsMessage(sums: LiveSums, watch: Watch, notLive: ReadonlySet<string>, totalKeyGroups: number, funnels: readonly LiveFunnelView[] = []): CountsMessage {
   const message: CountsMessage = {
     type: 'counts',
     asOf: sums.asOf === null ? null : new Date(sums.asOf).toISOString(),
@@ -86,7 +86,7 @@ export function countsMessage(sums: LiveSums, watch: Watch, notLive: ReadonlySet
   if (watch.segments.length > 0) {
     message.segments = Object.fromEntries(watch.segments.map((id) => [id, notLive.has(id) ? null : Object.hasOwn(sums.segments, id) ? sums.segments[id]! : 0]))
   }
-  if (watch.funnels.length > 0) message.funnels = Object.fromEntries(funnels.map(([funnel, funnelSums]) => [funnel.id, funnelView(funnel, funnelSums)]))
+  if (watch.funnels.length > 0) message.funnels = Object.fromEntries(funnels.map((view) => [view.id, view]))
   return message
 }
 

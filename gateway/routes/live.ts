@@ -4,11 +4,13 @@ import type { FastifyRequest } from 'fastify'
 import type { WebSocket } from '@fastify/websocket'
 import type { Project } from '../../projects/model.ts'
 import { sleep } from '../../operators/runtime/retry.ts'
+import { funnelResultWithAllUsers } from '../../store/funnels.ts'
 import { UnauthorizedError } from '../errors.ts'
 import { ErrorBody } from '../explore/schemas.ts'
 import { LiveCountsFeed } from '../live/feed.ts'
 import { funnelView, liveFunnels, LiveFunnelView, type LiveFunnel } from '../live/funnels.ts'
 import { countsMessage, MAX_PUSHES_PER_SECOND, numbersOf, parseWatch, type ServerMessage, type Watch } from '../live/protocol.ts'
+import { RestrictedFunnels } from '../live/restricted.ts'
 import { savedSegments } from '../live/segments.ts'
 import { PushThrottle } from '../live/throttle.ts'
 import { keyFromHeader } from './collector.ts'
@@ -25,7 +27,7 @@ const LiveCountsAnswer = Type.Object({
     live: Type.Boolean({ description: 'false: the filter has behavioural conditions or an active range, which are not counted live' }),
     size: Type.Union([Type.Integer(), Type.Null()], { description: 'users in the segment now; null when not live' }),
   })),
-  funnels: Type.Array(LiveFunnelView, { description: 'every funnel of the project, oldest first: users per step of its current version, all users' }),
+  funnels: Type.Array(LiveFunnelView, { description: 'every funnel of the project, oldest first: users per step of its current version (a restricted funnel\'s by SQL, segmentApplied true)' }),
 })
 
 const LiveQuery = Type.Object({ key: Type.Optional(Type.String({ description: 'the API key, for browsers (a WebSocket cannot send headers)' })) })
@@ -41,6 +43,19 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onClose', async () => feed.stop())
   const loaded = () => Promise.race([feed.loaded, sleep(LOAD_WAIT_MS)])
   const sumsOf = (project: string, funnel: LiveFunnel) => feed.book.funnelSums(project, funnel.id, funnel.version, funnel.definition.steps.length)
+  const restricted = new RestrictedFunnels({
+    compute: (project, funnelId) => funnelResultWithAllUsers(app.services.store.pool, { project, timezone: app.services.projects.byId(project)?.timezone ?? 'UTC' }, funnelId),
+    liveSums: sumsOf,
+    logger: app.log as never,
+  })
+  const unlistenRestricted = feed.listenAll((project, sums) => restricted.liveChanged(project, sums))
+  app.addHook('onClose', async () => {
+    unlistenRestricted()
+    restricted.stop()
+  })
+  /** A funnel's view now: a restricted funnel's last SQL one (its live counts of all users if it has none: the SQL failed). */
+  const viewOf = (project: string, funnel: LiveFunnel) =>
+    (RestrictedFunnels.applies(funnel) ? restricted.view(project, funnel.id) : undefined) ?? funnelView(funnel, sumsOf(project, funnel))
 
   const authenticate = (request: FastifyRequest): Project => {
     const query = request.query as { key?: string } | undefined
@@ -62,12 +77,14 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const sums = feed.book.sums(project.id)
     const segments = await savedSegments(app.services.store.pool, project.id)
     const funnels = await liveFunnels(app.services.store.pool, project.id)
+    // no SQL for unrestricted funnels; a restricted one's last computed view (its first query on first demand)
+    await Promise.all(funnels.filter(RestrictedFunnels.applies).map((funnel) => restricted.current(project.id, funnel)))
     return {
       asOf: sums.asOf === null ? null : new Date(sums.asOf).toISOString(),
       keyGroups: { reporting: sums.keyGroups, total: app.services.keyGroups },
       engagement: sums.engagement,
       segments: segments.map((segment) => ({ ...segment, size: segment.live ? (Object.hasOwn(sums.segments, segment.id) ? sums.segments[segment.id]! : 0) : null })),
-      funnels: funnels.map((funnel) => funnelView(funnel, sumsOf(project.id, funnel))),
+      funnels: funnels.map((funnel) => viewOf(project.id, funnel)),
     }
   })
 
@@ -82,13 +99,15 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
     let watch: Watch | undefined
     let notLive = new Set<string>()
     let funnels: LiveFunnel[] = []
+    let unwatchRestricted: Array<() => void> = []
+    let closed = false
     let lastNumbers: string | undefined
     const send = (message: ServerMessage) => {
       if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(message))
     }
     const push = (force: boolean) => {
       if (!watch) return
-      const message = countsMessage(feed.book.sums(project.id), watch, notLive, app.services.keyGroups, funnels.map((funnel) => [funnel, sumsOf(project.id, funnel)]))
+      const message = countsMessage(feed.book.sums(project.id), watch, notLive, app.services.keyGroups, funnels.map((funnel) => viewOf(project.id, funnel)))
       const numbers = numbersOf(message)
       if (!force && numbers === lastNumbers) return
       lastNumbers = numbers
@@ -110,9 +129,16 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
         const unknownFunnel = parsed.funnels.find((id) => !knownFunnels.some((funnel) => funnel.id === id))
         if (unknownFunnel !== undefined) return send({ type: 'error', message: `watch.funnels: no funnel "${unknownFunnel}" in this project` })
         await loaded()
+        const watched = parsed.funnels.map((id) => knownFunnels.find((funnel) => funnel.id === id)!)
+        // restricted funnels: their views follow the live counts by SQL; the first one is awaited
+        const following = watched.filter(RestrictedFunnels.applies).map((funnel) => restricted.watch(project.id, funnel, () => throttle.changed()))
+        for (const stop of unwatchRestricted) stop()
+        unwatchRestricted = following.map((follow) => follow.stop)
+        if (closed) return unwatchRestricted.forEach((stop) => stop())
+        await Promise.all(following.map((follow) => follow.ready))
         watch = parsed
         notLive = new Set(known.filter((segment) => !segment.live).map((segment) => segment.id))
-        funnels = parsed.funnels.map((id) => knownFunnels.find((funnel) => funnel.id === id)!)
+        funnels = watched
         push(true)
         throttle.pushed()
       }).catch((error) => {
@@ -121,7 +147,9 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
       })
     })
     socket.on('close', () => {
+      closed = true
       unlisten()
+      for (const stop of unwatchRestricted) stop()
       throttle.stop()
     })
   })

@@ -4,6 +4,7 @@ import { funnelView, type LiveFunnel } from '../../gateway/live/funnels.ts'
 import { emptyStepCounts } from '../../operators/counts/funnels.ts'
 import { DURATION_BUCKETS_MS, durationBucketOf } from '../../schemas/funnel.ts'
 import { countsMessage, parseWatch } from '../../gateway/live/protocol.ts'
+import { RestrictedFunnels } from '../../gateway/live/restricted.ts'
 import { PushThrottle } from '../../gateway/live/throttle.ts'
 
 // The gateway's side of live counts, pure: the book keeps the highest version per key group and
@@ -114,4 +115,76 @@ t.test('pushes: at most one per interval, the changes in between together', asyn
   throttle.stop()
   advance(3_000)
   t.equal(pushedAt.length, 7, 'stopped (the socket closed): nothing more')
+})
+
+t.test('restricted funnels: one query in flight per funnel, the latest change wins, bounded retries while SQL is behind', async (t) => {
+  const definition = { id: 'may', name: 'May', steps: [{ event: 'a' }, { event: 'b' }], segment: { segmentId: 'seg_may' } }
+  const funnel: LiveFunnel = { id: 'may', name: 'May', version: 1, definition }
+  let live = { reached: [2, 1], inProgress: [1, 0], dropped: [0, 0] }
+  let sqlAllUsers = live
+  const waiting: Array<() => void> = []
+  let slow = false
+  const restricted = new RestrictedFunnels({
+    minIntervalMs: 0, retryDelayMs: 1, maxRetries: 3, refreshMs: 3_600_000, logger: { warn: () => {} },
+    liveSums: () => ({ ...live, conversionTimes: [[]], asOf: 5_000, keyGroups: 2 }),
+    compute: async () => {
+      if (slow) await new Promise<void>((resolve) => waiting.push(resolve))
+      return {
+        funnel: { id: 'may', name: 'May', version: 1 }, from: null, to: null, entered: 1, converted: 0, conversion: 0,
+        steps: [
+          { step: 1, event: 'a', reached: 1, conversionFromPrevious: 1, conversionFromFirst: 1, dropOff: 1, inProgress: 1, dropped: 0, timeToConvert: null },
+          { step: 2, event: 'b', reached: 0, conversionFromPrevious: 0, conversionFromFirst: 0, dropOff: 0, inProgress: 0, dropped: 0, timeToConvert: null },
+        ],
+        allUsers: sqlAllUsers,
+      }
+    },
+  })
+  t.teardown(() => restricted.stop())
+  const until = async (check: () => boolean) => { while (!check()) await new Promise((resolve) => setTimeout(resolve, 2)) }
+  const sums = { engagement: { Low: 0, Medium: 0, 'Medium-High': 0, High: 0 }, segments: { seg_may: 1 }, asOf: 5_000, keyGroups: 2 }
+
+  const view = await restricted.current('p', funnel)
+  t.same([view!.segmentApplied, view!.entered, view!.asOf, restricted.queries], [true, 1, new Date(5_000).toISOString(), 1], 'computed on first demand, from SQL')
+  restricted.liveChanged('p', sums)
+  await until(() => restricted.queries === 2)
+  restricted.liveChanged('p', sums)
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(restricted.queries, 2, 'live counts and segment size unchanged: no query')
+
+  slow = true
+  live = { reached: [3, 1], inProgress: [2, 0], dropped: [0, 0] }
+  sqlAllUsers = live
+  restricted.liveChanged('p', sums)
+  await until(() => waiting.length === 1)
+  for (let change = 0; change < 5; change++) {
+    live = { reached: [4 + change, 1], inProgress: [3 + change, 0], dropped: [0, 0] }
+    restricted.liveChanged('p', sums)
+  }
+  sqlAllUsers = live
+  waiting.shift()!()
+  await until(() => waiting.length === 1)
+  t.equal(restricted.queries, 4, 'five changes while a query ran: one more query after it')
+  slow = false
+  waiting.shift()!()
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(restricted.queries, 4, 'and none after: SQL agrees with the live counts')
+
+  live = { reached: [10, 2], inProgress: [8, 0], dropped: [0, 0] }
+  restricted.liveChanged('p', sums) // SQL stays behind: sqlAllUsers is not this
+  await until(() => restricted.queries === 8)
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.equal(restricted.queries, 8, 'SQL behind the live counts: queried again, 3 retries at most')
+  restricted.liveChanged('p', { ...sums, segments: { seg_may: 2 } })
+  await until(() => restricted.queries === 9)
+  t.pass('the saved segment\'s live size moved: queried again')
+
+  // the funnel's segment changed in place while a query runs: the view waits for a query of the new definition
+  slow = true
+  restricted.liveChanged('p', { ...sums, segments: { seg_may: 3 } })
+  await until(() => waiting.length === 1)
+  const changed = restricted.current('p', { ...funnel, definition: { ...definition, segment: { segmentId: 'seg_june' } } })
+  slow = false
+  waiting.shift()!()
+  t.ok(await changed, 'answered')
+  t.equal(restricted.queries, 11, 'by the query after the one that ran under the old definition')
 })
