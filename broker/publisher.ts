@@ -303,7 +303,7 @@ export class PipelinedPublisher {
    * `publish` makes of each message (a message it would refuse fails alone).
    */
   #sendFrames(protocol: WireProtocol, id: number, outstanding: Outstanding, messages: readonly OutgoingMessage[], headers: readonly string[], replyPrefix: string): void {
-    const refusal = this.#nc.isClosed() ? 'connection closed' : protocol.noMorePublishing ? 'connection draining' : protocol.info?.headers === false ? 'headers are not available on this server' : undefined
+    const refusal = this.#nc.isClosed() ? 'connection closed' : protocol.noMorePublishing ? 'connection draining' : protocol.info && !protocol.info.headers ? 'headers are not available on this server' : undefined
     const maxPayload = protocol.info?.max_payload ?? Number.POSITIVE_INFINITY
     const heads = new Array<string | undefined>(messages.length)
     let sent = 0
