@@ -84,7 +84,9 @@ const message = (i: number, prefix: string) => ({
 const port = await freePort()
 const gateway = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : []), join(import.meta.dirname, '../bin/segstream.js'), 'gateway'], {
   stdio: ['ignore', 'inherit', 'inherit'],
-  env: cleanEnv({ SEGSTREAM_NATS_URL: nats.url, DATABASE_URL: database.url, SEGSTREAM_HTTP_PORT: String(port), SEGSTREAM_KEY_GROUPS: String(KEY_GROUPS), LOG_LEVEL: 'warn', SEGSTREAM_PUBLISH_TIMEOUT_MS: '30000' }),
+  env: cleanEnv({ SEGSTREAM_NATS_URL: nats.url, DATABASE_URL: database.url, SEGSTREAM_HTTP_PORT: String(port), SEGSTREAM_KEY_GROUPS: String(KEY_GROUPS), LOG_LEVEL: 'warn', SEGSTREAM_PUBLISH_TIMEOUT_MS: '30000',
+    // the collector's capacity, not one write key's rate limit (1,000 requests/s: 100,000 events/s in bursts of 100)
+    SEGSTREAM_RATE_LIMIT: '1000000' }),
 })
 await waitForPort(port)
 
@@ -151,12 +153,17 @@ const cpuBefore = { gateway: cpuSeconds(gateway.pid), nats: cpuSeconds(natsPid),
 let next = 0
 let accepted = 0
 let failed = 0
+/** Requests not answered 200, by status: a 429 means the write key's rate limit, a 503 that acks were too slow. */
+const failedByStatus: Record<number, number> = {}
 const started = performance.now()
 await Promise.all(connections.map(async (connection) => {
   while (next < requests.length) {
     const response = await connection.send(requests[next++]!)
     if (response.status === 200) accepted += (JSON.parse(response.body) as { accepted: number }).accepted
-    else failed++
+    else {
+      failed++
+      failedByStatus[response.status] = (failedByStatus[response.status] ?? 0) + 1
+    }
   }
 }))
 const elapsedS = (performance.now() - started) / 1000
@@ -166,7 +173,7 @@ const loadCpu = process.cpuUsage(cpuBefore.load)
 const cpuUsed = { gateway: cpuSeconds(gateway.pid) - cpuBefore.gateway, nats: cpuSeconds(natsPid) - cpuBefore.nats, load: (loadCpu.user + loadCpu.system) / 1e6 }
 const cpu = { gateway: cpuUsed.gateway * 1e6 / accepted, nats: cpuUsed.nats * 1e6 / accepted, load: cpuUsed.load * 1e6 / accepted }
 const ofACore = (seconds: number) => `${Math.round(seconds / elapsedS * 100)}%`
-log(`collector: ${Math.round(collectorPerS).toLocaleString('en')} accepted events/s (${CONCURRENCY} connections, batches of ${BATCH}; ${failed} failed requests)`)
+log(`collector: ${Math.round(collectorPerS).toLocaleString('en')} accepted events/s (${CONCURRENCY} connections, batches of ${BATCH}; ${failed} failed requests${failed ? ` ${JSON.stringify(failedByStatus)}` : ''})`)
 log(`cpu per event: gateway ${cpu.gateway.toFixed(1)} µs, nats-server ${cpu.nats.toFixed(1)} µs, load generator ${cpu.load.toFixed(1)} µs (${ofACore(cpuUsed.gateway)}, ${ofACore(cpuUsed.nats)}, ${ofACore(cpuUsed.load)} of a core)`)
 
 const jsm = await jetstreamManager(nc)
@@ -187,6 +194,7 @@ console.log(JSON.stringify({
   accepted,
   stored_in_stream: storedBench,
   failed_requests: failed,
+  failed_by_status: failedByStatus,
   cpu_us_per_event: { gateway: Number(cpu.gateway.toFixed(1)), nats_server: Number(cpu.nats.toFixed(1)), load_generator: Number(cpu.load.toFixed(1)) },
   baseline_cpu_us_per_message: { publisher: Number(baselineCpu.publisher.toFixed(1)), nats_server: Number(baselineCpu.nats.toFixed(1)) },
   target_events_per_s: 50_000,

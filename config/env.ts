@@ -67,6 +67,8 @@ export interface Config {
   streamMaxBytes: number
   /** SEGSTREAM_PUBLISH_TIMEOUT_MS: how long the collector waits for JetStream acks before a 503. Default 5000. */
   publishTimeoutMs: number
+  /** SEGSTREAM_RATE_LIMIT: collector requests per second per write key before 429. Default 1000. */
+  requestsPerSecond: number
   /** SEGSTREAM_RETENTION_DAYS: events older than this are deleted. Unset: kept forever. */
   retentionDays: number | undefined
   /** SEGSTREAM_COMPRESS_AFTER_DAYS: event chunks older than this are compressed (TimescaleDB). Default 30. */
@@ -94,6 +96,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: read(env, 'LOG_LEVEL', oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const), 'info'),
     streamMaxBytes: read(env, 'SEGSTREAM_STREAM_MAX_BYTES', integer(1024 * 1024, 2 ** 50), 2 * 1024 ** 3),
     publishTimeoutMs: read(env, 'SEGSTREAM_PUBLISH_TIMEOUT_MS', integer(100, 600_000), 5000),
+    requestsPerSecond: read(env, 'SEGSTREAM_RATE_LIMIT', integer(1, 1_000_000), 1000),
     retentionDays: read(env, 'SEGSTREAM_RETENTION_DAYS', integer(1, 100_000), undefined as number | undefined),
     compressAfterDays: read(env, 'SEGSTREAM_COMPRESS_AFTER_DAYS', integer(1, 100_000), 30),
     geoDatabase: read(env, 'SEGSTREAM_GEO_DB', { expected: 'the path of a .mmdb file', parse: (raw) => raw }, undefined as string | undefined),

@@ -95,7 +95,7 @@ export async function runProcess(mode: 'run' | 'gateway' | 'up', args: string[],
     await steps.stop()
     server.close()
   } else {
-    const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger })
+    const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger, requestsPerSecond: config.requestsPerSecond })
     await app.listen({ host: config.httpHost, port: config.httpPort })
     const signal = await untilSignal()
     logger.info({ signal }, 'stopping gateway')
@@ -182,7 +182,7 @@ async function up(config: Config): Promise<number> {
     const metrics = new Metrics()
     const steps = await startSteps({ ...services, topology: topologyOf(config), keyGroups: config.keyGroups, logger, metrics, geo: await geoOf(config), maintenance: maintenanceOf(config) }, [])
     say(`operators running: ${steps.steps.join(', ')}`)
-    const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger, metrics })
+    const app = await buildApp({ services: { ...services, keyGroups: config.keyGroups }, logger, metrics, requestsPerSecond: config.requestsPerSecond })
     await app.listen({ host: config.httpHost, port: config.httpPort })
     const base = `http://localhost:${config.httpPort}`
     say(`gateway on ${base}  (health: ${base}/readyz)`)

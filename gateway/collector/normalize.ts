@@ -91,13 +91,50 @@ export function isoTime(ms: number): string {
 // what JavaScript clients send (`new Date().toISOString()`): parsed without the general pattern
 const CANONICAL_ISO_DATE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 
+// the days (`YYYY-MM-DDT`) of the last two canonical times read, and their ms at midnight
+let readDayA = '#' // no time starts with it
+let readDayMsA = Number.NaN
+let readDayB = '#'
+let readDayMsB = Number.NaN
+
+/** Midnight (UTC) of `value`'s day in ms, if `value` starts with a real day written as isoTime writes it; else NaN. */
+function dayOf(value: string): number {
+  if (value.startsWith(readDayA)) return readDayMsA
+  if (value.startsWith(readDayB)) return readDayMsB
+  const day = value.slice(0, 11)
+  let ms = Date.parse(`${day}00:00:00.000Z`)
+  // Date.parse takes 2019-02-30 for March 2: such a day is left to it whole
+  if (Number.isFinite(ms) && isoTime(ms).slice(0, 11) !== day) ms = Number.NaN
+  readDayB = readDayA
+  readDayMsB = readDayMsA
+  readDayA = day
+  readDayMsA = ms
+  return ms
+}
+
+const digit = (value: string, at: number) => value.charCodeAt(at) - 48
+
+/**
+ * The ms of a time written exactly as `isoTime` writes it (so `isoTime(ms) === value`),
+ * else undefined. Several times cheaper than Date.parse, which was the single largest
+ * cost of normalizing a message: the day is parsed once, the time of day from its digits.
+ */
+function canonicalTime(value: unknown): number | undefined {
+  if (typeof value !== 'string' || value.length !== 24 || !CANONICAL_ISO_DATE.test(value)) return undefined
+  const day = dayOf(value)
+  if (Number.isNaN(day)) return undefined
+  const hours = digit(value, 11) * 10 + digit(value, 12)
+  const minutes = digit(value, 14) * 10 + digit(value, 15)
+  const seconds = digit(value, 17) * 10 + digit(value, 18)
+  if (hours > 23 || minutes > 59 || seconds > 59) return undefined
+  return day + ((hours * 60 + minutes) * 60 + seconds) * 1000 + digit(value, 20) * 100 + digit(value, 21) * 10 + digit(value, 22)
+}
+
 /** ISO 8601 to ms. A time without an offset is read as UTC, never as the server's local time. */
 function parseTime(value: unknown): number | undefined {
   if (typeof value !== 'string') return undefined
-  if (value.length === 24 && CANONICAL_ISO_DATE.test(value)) {
-    const ms = Date.parse(value)
-    return Number.isFinite(ms) ? ms : undefined
-  }
+  const canonical = canonicalTime(value)
+  if (canonical !== undefined) return canonical
   const match = ISO_DATE.exec(value)
   if (!match) return undefined
   const ms = Date.parse(match[1] && !match[4] ? `${value}Z` : value)
@@ -225,7 +262,9 @@ export function normalizeMessage(input: unknown, stamp: StampContext, forcedType
     const name = optionalString(input, 'name')
     for (const field of ['properties', 'traits', 'context', 'integrations']) optionalObject(input, field)
 
-    const clientTime = input.timestamp === undefined || input.timestamp === null ? undefined : parseTime(input.timestamp)
+    // a timestamp as isoTime writes it is kept as sent where it is stamped unchanged
+    const canonicalClientTime = canonicalTime(input.timestamp)
+    const clientTime = canonicalClientTime ?? (input.timestamp === undefined || input.timestamp === null ? undefined : parseTime(input.timestamp))
     if (input.timestamp !== undefined && input.timestamp !== null && clientTime === undefined) throw new Error('timestamp must be an ISO 8601 date')
     const sentAtRaw = input.sentAt ?? stamp.batchSentAt
     const sentAt = sentAtRaw === undefined || sentAtRaw === null ? undefined : sentAtRaw === input.sentAt ? parseTime(sentAtRaw) : parseBatchSentAt(sentAtRaw)
@@ -254,7 +293,7 @@ export function normalizeMessage(input: unknown, stamp: StampContext, forcedType
     message.timestamp = isoTime(eventTime)
     message.receivedAt = iso(stamp.receivedAt)
     message.context = context
-    if (clientTime !== undefined && clientTime !== eventTime) message.originalTimestamp = isoTime(clientTime)
+    if (clientTime !== undefined && clientTime !== eventTime) message.originalTimestamp = canonicalClientTime === undefined ? isoTime(clientTime) : input.timestamp
     else if (typeof input.originalTimestamp === 'string') message.originalTimestamp = input.originalTimestamp
     if (sentAt !== undefined) message.sentAt = input.sentAt === undefined || input.sentAt === null ? iso(sentAt) : isoTime(sentAt)
     // last line of defence: what is published must match the published schema

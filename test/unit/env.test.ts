@@ -11,6 +11,7 @@ const DEFAULTS: Partial<Config> = {
   keyGroups: 64,
   logLevel: 'info',
   publishTimeoutMs: 5000,
+  requestsPerSecond: 1000,
 }
 
 const envNames = {
@@ -23,6 +24,7 @@ const envNames = {
   SEGSTREAM_KEY_GROUPS: 'keyGroups',
   LOG_LEVEL: 'logLevel',
   SEGSTREAM_PUBLISH_TIMEOUT_MS: 'publishTimeoutMs',
+  SEGSTREAM_RATE_LIMIT: 'requestsPerSecond',
 } as const satisfies Record<string, keyof Config>
 
 function configError(env: NodeJS.ProcessEnv): ConfigError | undefined {
@@ -79,6 +81,8 @@ t.test('valid values are read', async (t) => {
     ['LOG_LEVEL', 'silent', 'silent'],
     ['SEGSTREAM_PUBLISH_TIMEOUT_MS', '100', 100],
     ['SEGSTREAM_PUBLISH_TIMEOUT_MS', '600000', 600_000],
+    ['SEGSTREAM_RATE_LIMIT', '1', 1],
+    ['SEGSTREAM_RATE_LIMIT', '1000000', 1_000_000],
   ]
   for (const [variable, raw, expected] of cases) {
     const config = loadConfig({ [variable]: raw })
@@ -89,11 +93,11 @@ t.test('valid values are read', async (t) => {
   }
   const all = loadConfig({
     SEGSTREAM_NATS_URL: 'tls://n:1', DATABASE_URL: 'postgres://d/x', SEGSTREAM_DB_TARGET: 'postgres', SEGSTREAM_DB_POOL: '9',
-    SEGSTREAM_HTTP_HOST: 'h', SEGSTREAM_HTTP_PORT: '1', SEGSTREAM_KEY_GROUPS: '2', LOG_LEVEL: 'warn', SEGSTREAM_PUBLISH_TIMEOUT_MS: '1000',
+    SEGSTREAM_HTTP_HOST: 'h', SEGSTREAM_HTTP_PORT: '1', SEGSTREAM_KEY_GROUPS: '2', LOG_LEVEL: 'warn', SEGSTREAM_PUBLISH_TIMEOUT_MS: '1000', SEGSTREAM_RATE_LIMIT: '50',
   })
   t.match(all, {
     natsUrl: 'tls://n:1', databaseUrl: 'postgres://d/x', databaseTarget: 'postgres', databasePoolSize: 9,
-    httpHost: 'h', httpPort: 1, keyGroups: 2, logLevel: 'warn', publishTimeoutMs: 1000,
+    httpHost: 'h', httpPort: 1, keyGroups: 2, logLevel: 'warn', publishTimeoutMs: 1000, requestsPerSecond: 50,
   }, 'all variables at once')
 })
 
@@ -140,6 +144,8 @@ t.test('each invalid variable throws a ConfigError naming it', async (t) => {
     ['SEGSTREAM_HTTP_HOST', 'host/path', /expected a host name or IP address$/],
     ['SEGSTREAM_PUBLISH_TIMEOUT_MS', '99', /expected an integer from 100 to 600000$/],
     ['SEGSTREAM_PUBLISH_TIMEOUT_MS', '600001', /expected an integer from 100 to 600000$/],
+    ['SEGSTREAM_RATE_LIMIT', '0', /expected an integer from 1 to 1000000$/],
+    ['SEGSTREAM_RATE_LIMIT', 'fast', /expected an integer/],
   ]
   for (const [variable, raw, expected] of cases) {
     const error = configError({ [variable]: raw })

@@ -1,3 +1,4 @@
+import fc from 'fast-check'
 import t from 'tap'
 import {
   contentMessageId,
@@ -285,6 +286,33 @@ t.test('clock-skew correction', async (t) => {
     if (c.expect.sentAt !== undefined) t.equal(message.sentAt, c.expect.sentAt, `${c.name}: sentAt`)
     else t.notOk('sentAt' in message && message.sentAt !== null, `${c.name}: no sentAt`)
     t.equal(message.receivedAt, iso(RECEIVED), `${c.name}: receivedAt`)
+  }
+})
+
+t.test('a timestamp in the form toISOString writes reads as Date.parse reads it, edge days and hours included', async (t) => {
+  const two = (max: number) => fc.integer({ min: 0, max }).map((n) => String(n).padStart(2, '0'))
+  // the shape of `new Date().toISOString()` with any digits: Feb 30, hour 24, second 60, month 13, year 0000
+  const shaped = fc.tuple(fc.integer({ min: 0, max: 9999 }), two(14), two(32), two(25), two(61), two(61), fc.integer({ min: 0, max: 999 }))
+    .map(([y, mo, d, h, mi, s, ms]) => `${String(y).padStart(4, '0')}-${mo}-${d}T${h}:${mi}:${s}.${String(ms).padStart(3, '0')}Z`)
+  const real = fc.integer({ min: -62_167_219_200_000, max: 253_402_300_799_999 }).map((ms) => new Date(ms).toISOString())
+  let checked = 0
+  fc.assert(fc.property(fc.oneof(shaped, real), fc.boolean(), (timestamp, withSentAt) => {
+    const input: Record<string, unknown> = { type: 'track', anonymousId: 'a', event: 'e', timestamp }
+    // with a sentAt 5 s apart (inside years 0000-9999) the event time moves and originalTimestamp says what the client sent
+    const expected = Date.parse(timestamp)
+    const gap = expected > 0 ? -5_000 : 5_000
+    if (withSentAt && Number.isFinite(expected)) input.sentAt = new Date(expected + gap).toISOString()
+    const result = normalizeMessage(input, STAMP)
+    checked++
+    if (!Number.isFinite(expected)) return !result.ok && result.reason === 'timestamp must be an ISO 8601 date'
+    if (!result.ok) return false
+    if (!withSentAt) return result.message.timestamp === iso(expected) && result.time === expected
+    return result.message.originalTimestamp === iso(expected) && result.time === RECEIVED - gap
+  }), { numRuns: 5_000 })
+  t.equal(checked, 5_000)
+  // the same day again after another (the reader keeps the last two days)
+  for (const timestamp of ['2019-02-30T10:00:00.000Z', '2019-02-28T10:00:00.000Z', '2019-02-30T11:00:00.000Z', '2019-03-01T00:00:00.000Z', '2019-02-30T12:00:00.000Z']) {
+    t.equal(accept(t, { type: 'track', anonymousId: 'a', event: 'e', timestamp }).timestamp, iso(Date.parse(timestamp)), timestamp)
   }
 })
 
