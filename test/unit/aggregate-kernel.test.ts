@@ -1,11 +1,12 @@
 import t from 'tap'
 import { AggregateEnvelope } from '../../operators/aggregate/envelopes.ts'
 import { createAggregates, type AggregateInput, type AggregateState } from '../../operators/aggregate/logic.ts'
-import { emptyKeyGroup, newCounters, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type Outgoing } from '../../operators/runtime/kernel.ts'
+import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type Outgoing } from '../../operators/runtime/kernel.ts'
 import type { Emission, Operator, StepResult } from '../../operators/runtime/operator.ts'
 import type { AggregateDefinition, AggregateResult } from '../../schemas/aggregate.ts'
 import { decode, decodeEnvelope, encode, validator } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type ControlEnvelope, type EnrichedEventEnvelope, type MergeEnvelope } from '../../schemas/envelope.ts'
+import { checkpointCopy } from '../harness/checkpoint.ts'
 
 /**
  * The operator under the runtime's real kernel (operators/runtime/kernel.ts): keys, watermarks,
@@ -59,16 +60,8 @@ function merge(from: string, into: string): InputMessage {
   return { stream: 'SEG_ENRICHED', seq: ++seq, subject: 'seg.p.enriched.0', data: encode(envelope) }
 }
 
-/** What the state store keeps and loads: msgpack round trip of the checkpoint and the keys. */
-function reload(group: KeyGroupState<AggregateState>): KeyGroupState<AggregateState> {
-  const copy = emptyKeyGroup<AggregateState>(group.keyGroup, group.epoch)
-  copy.offsets = decode(encode(group.offsets)) as Record<string, number>
-  copy.maxEventTime = decode(encode(group.maxEventTime)) as Record<string, number>
-  copy.control = decode(encode(group.control)) as Record<string, unknown>
-  for (const [key, entry] of group.keys) copy.keys.set(key, decode(encode(entry)) as typeof entry)
-  rebuildTimers(copy)
-  return copy
-}
+/** What the state store keeps and loads (test/harness/checkpoint.ts). */
+const reload = checkpointCopy<AggregateState>
 
 const resultsOf = (out: Outgoing[]) => out.filter((o) => o.subject.startsWith('seg.p.sessions.')).map((o) => {
   const envelope = decode(o.data) as AggregateEnvelope

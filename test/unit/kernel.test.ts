@@ -1,8 +1,9 @@
 import t from 'tap'
 import { decode, decodeEnvelope, encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type EnrichedEventEnvelope, type RawEventEnvelope, type Source } from '../../schemas/envelope.ts'
-import { emptyKeyGroup, newCounters, processMessage, rebuildTimers, type InputMessage, type KeyGroupState, type KernelCounters, type Outgoing } from '../../operators/runtime/kernel.ts'
+import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type KeyGroupState, type KernelCounters, type Outgoing } from '../../operators/runtime/kernel.ts'
 import type { Operator } from '../../operators/runtime/operator.ts'
+import { checkpointCopy } from '../harness/checkpoint.ts'
 
 const GAP = 30 * 60_000
 const T0 = Date.parse('2019-05-01T00:00:00Z')
@@ -45,16 +46,8 @@ const counters = (): KernelCounters => newCounters()
 const names = (out: Outgoing[]) => out.map((o) => (decodeEnvelope(o.data) as EnrichedEventEnvelope).data.name ?? (decodeEnvelope(o.data) as { type: string }).type)
 const run = (group: KeyGroupState<{ n: number }>, messages: InputMessage[], c = counters()) => messages.flatMap((m) => processMessage(sessions, group, m, options, c))
 
-/** What the state store keeps and loads, without NATS: msgpack round trip of offsets and keys. */
-function checkpointRoundTrip(group: KeyGroupState<{ n: number }>): KeyGroupState<{ n: number }> {
-  const copy = emptyKeyGroup<{ n: number }>(group.keyGroup, group.epoch)
-  copy.offsets = decode(encode(group.offsets)) as Record<string, number>
-  copy.maxEventTime = decode(encode(group.maxEventTime)) as Record<string, number>
-  copy.control = decode(encode(group.control)) as Record<string, unknown>
-  for (const [key, entry] of group.keys) copy.keys.set(key, decode(encode(entry)) as typeof entry)
-  rebuildTimers(copy)
-  return copy
-}
+/** What the state store keeps and loads (test/harness/checkpoint.ts). */
+const checkpointRoundTrip = checkpointCopy<{ n: number }>
 
 t.test('outputs carry ids derived from (stepId, stream, seq, index)', async (t) => {
   seq = 0
