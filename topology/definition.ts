@@ -4,6 +4,9 @@ import { stageFilter } from './subjects.ts'
 const MINUTE = 60_000
 const DAY = 24 * 60 * MINUTE
 const GIB = 1024 ** 3
+/** Durable consumer settings of the operators (keyed state, checkpoints) and of the sinks (database writes, bigger batches). */
+const OPERATOR_CONSUMER = { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 } as const
+const SINK_CONSUMER = { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 } as const
 
 /** Limits a deployment may tune; the defaults suit one machine. */
 export interface TopologyOptions {
@@ -69,7 +72,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         module: 'operators/enrich',
         inputs: [stageFilter('raw'), stageFilter('import')],
         outputs: [stageFilter('enriched'), stageFilter('dlq')],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+        consumer: OPERATOR_CONSUMER,
       },
       {
         stepId: 'sessionize',
@@ -78,7 +81,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         module: 'operators/sessionize',
         inputs: [stageFilter('enriched')],
         outputs: [stageFilter('sessions'), stageFilter('dlq')],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+        consumer: OPERATOR_CONSUMER,
       },
       {
         stepId: 'profile',
@@ -87,7 +90,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         module: 'operators/profile',
         inputs: [stageFilter('enriched'), stageFilter('sessions')],
         outputs: [stageFilter('profiles'), stageFilter('dlq')],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+        consumer: OPERATOR_CONSUMER,
       },
       {
         stepId: 'funnel',
@@ -97,7 +100,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         inputs: [stageFilter('enriched'), stageFilter('sessions'), stageFilter('backfill')],
         // late: events behind the operator's horizon (7 days) are refused, not applied
         outputs: [stageFilter('funnels'), stageFilter('late'), stageFilter('dlq')],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+        consumer: OPERATOR_CONSUMER,
       },
       {
         stepId: 'funnel-backfill',
@@ -116,7 +119,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         inputs: [stageFilter('enriched')],
         // late: events for windows closed beyond the allowed lateness
         outputs: [stageFilter('aggregates'), stageFilter('late'), stageFilter('dlq')],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+        consumer: OPERATOR_CONSUMER,
       },
       {
         stepId: 'live-counts',
@@ -125,7 +128,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         module: 'operators/counts',
         inputs: [stageFilter('profiles')],
         outputs: [stageFilter('counts'), stageFilter('dlq')],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+        consumer: OPERATOR_CONSUMER,
       },
       {
         stepId: 'funnel-counts',
@@ -134,7 +137,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         module: 'operators/counts',
         inputs: [stageFilter('funnels')],
         outputs: [stageFilter('funnel_counts'), stageFilter('dlq')],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 30_000, batchSize: 1_000 },
+        consumer: OPERATOR_CONSUMER,
       },
       {
         stepId: 'sink-events',
@@ -144,7 +147,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         inputs: [stageFilter('enriched')],
         outputs: [stageFilter('dlq')],
         tables: ['events', 'identities'],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 },
+        consumer: SINK_CONSUMER,
       },
       {
         stepId: 'sink-sessions',
@@ -154,7 +157,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         inputs: [stageFilter('sessions')],
         outputs: [stageFilter('dlq')],
         tables: ['sessions'],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 },
+        consumer: SINK_CONSUMER,
       },
       {
         stepId: 'sink-profiles',
@@ -164,7 +167,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         inputs: [stageFilter('profiles')],
         outputs: [stageFilter('dlq')],
         tables: ['profiles', 'profile_event_days', 'profile_event_series'],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 },
+        consumer: SINK_CONSUMER,
       },
       {
         stepId: 'sink-funnels',
@@ -174,7 +177,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         inputs: [stageFilter('funnels')],
         outputs: [stageFilter('dlq')],
         tables: ['funnel_progress'],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 },
+        consumer: SINK_CONSUMER,
       },
       {
         stepId: 'sink-aggregates',
@@ -184,7 +187,7 @@ export function segstreamTopology(options: TopologyOptions = {}): Topology {
         inputs: [stageFilter('aggregates')],
         outputs: [stageFilter('dlq')],
         tables: ['aggregate_partials'],
-        consumer: { maxAckPending: 20_000, ackWaitMs: 60_000, batchSize: 2_000 },
+        consumer: SINK_CONSUMER,
       },
     ],
   })

@@ -52,10 +52,6 @@ export class TimerHeap {
     return this.#at[0]
   }
 
-  peek(): { at: number; key: string } | undefined {
-    return this.#at.length === 0 ? undefined : { at: this.#at[0]!, key: this.#key[0]! }
-  }
-
   pop(): { at: number; key: string } | undefined {
     const ats = this.#at
     const keys = this.#key
