@@ -4,7 +4,8 @@ import { createTableSeeder, historyColumnsOf, mergeSeeds, type HistoryRow } from
 import { historySql } from '../../operators/funnel/backfill-table-store.ts'
 import type { Seed } from '../../operators/funnel/backfill.ts'
 import { summarizeTrack } from '../../operators/funnel/match.ts'
-import type { FunnelDefinition, FunnelStep, PropertyFilter } from '../../schemas/funnel.ts'
+import type { FunnelDefinition, PropertyFilter } from '../../schemas/funnel.ts'
+import { FUNNEL_NAMES, funnelDefinitionArbitrary } from '../reference/funnel-arbitraries.ts'
 import { referenceFunnel, type ReferenceEvent } from '../reference/funnel-reference.ts'
 
 /**
@@ -18,7 +19,6 @@ import { referenceFunnel, type ReferenceEvent } from '../reference/funnel-refere
 
 const SECOND = 1_000
 const MINUTE = 60 * SECOND
-const NAMES = ['a', 'b', 'c', 'x'] as const
 const DEVICES = ['desktop', 'mobile'] as const
 const CHANNELS = ['direct', 'email'] as const
 
@@ -28,21 +28,11 @@ const filterArbitrary: fc.Arbitrary<PropertyFilter> = fc.oneof(
   fc.record({ property: fc.constant('$channel'), operator: fc.constant('neq' as const), value: fc.constantFrom(...CHANNELS) }),
 )
 
-const stepArbitrary: fc.Arbitrary<FunnelStep> = fc.record({ event: fc.constantFrom(...NAMES), filter: fc.option(filterArbitrary, { nil: undefined, freq: 2 }) })
-  .map(({ event, filter }) => (filter ? { event, filters: [filter] } : { event }))
-
-const definitionArbitrary: fc.Arbitrary<FunnelDefinition> = fc.record({
-  steps: fc.array(stepArbitrary, { minLength: 2, maxLength: 4 }),
-  mode: fc.constantFrom('sequential', 'strict', 'any_order') as fc.Arbitrary<FunnelDefinition['mode']>,
-  windowMs: fc.constantFrom(MINUTE, 2 * MINUTE, 5 * MINUTE),
-  exclusion: fc.option(fc.record({ event: fc.constantFrom('x', 'b'), from: fc.integer({ min: 1, max: 3 }) }), { nil: undefined, freq: 3 }),
-  session: fc.boolean(),
+const definitionArbitrary = funnelDefinitionArbitrary({
+  name: 'from the table',
+  filter: filterArbitrary,
+  unfilteredFreq: 2,
   breakdown: fc.option(fc.constantFrom('q', '$channel', '$device'), { nil: undefined }),
-}).map(({ steps, mode, windowMs, exclusion, session, breakdown }) => {
-  const definition: FunnelDefinition = { id: 'f', name: 'from the table', steps: session ? steps.map((value, index) => (index === 1 ? { event: '$session_start' } : value)) : steps, mode, windowMs }
-  if (exclusion && mode !== 'any_order' && exclusion.from < steps.length) definition.exclusions = [{ event: exclusion.event, fromStep: exclusion.from, toStep: Math.min(steps.length, exclusion.from + 1) }]
-  if (breakdown) definition.breakdown = { property: breakdown }
-  return definition
 })
 
 interface Logged {
@@ -58,7 +48,7 @@ interface Logged {
 
 const logArbitrary = fc.array(fc.record({
   time: fc.integer({ min: 0, max: 60 }).map((step) => step * 10 * SECOND),
-  name: fc.constantFrom(...NAMES),
+  name: fc.constantFrom(...FUNNEL_NAMES),
   p: fc.option(fc.integer({ min: 0, max: 3 }), { nil: undefined, freq: 4 }),
   q: fc.option(fc.constantFrom('u', 'v'), { nil: undefined }),
   device: fc.constantFrom(...DEVICES),

@@ -6,9 +6,10 @@ import { createFunnel, type FunnelOptions, type FunnelState } from '../../operat
 import { emptyKeyGroup, newCounters, processMessage, type InputMessage, type KeyGroupState } from '../../operators/runtime/kernel.ts'
 import { decode, encode } from '../../schemas/codec.ts'
 import { ENVELOPE_VERSION, type AnyEnvelope, type ControlEnvelope, type WatermarkEnvelope } from '../../schemas/envelope.ts'
-import type { FunnelDefinition, FunnelExclusion, FunnelProgress, FunnelStep } from '../../schemas/funnel.ts'
+import type { FunnelDefinition, FunnelProgress } from '../../schemas/funnel.ts'
 import { keyGroupOf, parseSubject, subjectFor } from '../../topology/subjects.ts'
 import { eventInput, referenceEventOf, resultOf, sessionInput, type EventSpec } from '../reference/funnel-harness.ts'
+import { FUNNEL_NAMES, funnelDefinitionArbitrary } from '../reference/funnel-arbitraries.ts'
 import { referenceFunnel, type ReferenceEvent } from '../reference/funnel-reference.ts'
 
 /**
@@ -25,29 +26,12 @@ const DAY = 24 * 60 * MINUTE
 const KEY_GROUPS = 4
 const PROJECT = 'alpha'
 const USERS = ['u1', 'u2', 'u3', 'u4']
-const NAMES = ['a', 'b', 'c', 'x'] as const
 
-const step: fc.Arbitrary<FunnelStep> = fc.record({
-  event: fc.constantFrom(...NAMES),
-  filter: fc.option(fc.record({ property: fc.constant('p'), operator: fc.constantFrom('eq', 'gte') as fc.Arbitrary<'eq' | 'gte'>, value: fc.integer({ min: 0, max: 3 }) }), { nil: undefined, freq: 3 }),
-}).map(({ event, filter }) => (filter ? { event, filters: [filter] } : { event }))
-
-const definitionArbitrary: fc.Arbitrary<FunnelDefinition> = fc.record({
-  steps: fc.array(step, { minLength: 2, maxLength: 4 }),
-  mode: fc.constantFrom('sequential', 'strict', 'any_order') as fc.Arbitrary<FunnelDefinition['mode']>,
-  windowMs: fc.constantFrom(MINUTE, 2 * MINUTE, 5 * MINUTE),
-  exclusion: fc.option(fc.record({ event: fc.constantFrom('x', 'b'), from: fc.integer({ min: 1, max: 3 }) }), { nil: undefined, freq: 3 }),
-  session: fc.boolean(),
-  breakdown: fc.boolean(),
-}).map(({ steps, mode, windowMs, exclusion, session, breakdown }) => {
-  // half the funnels have a `$session_start` step, so the sessions stage is part of the history
-  const definition: FunnelDefinition = { id: 'f', name: 'backfilled', steps: session ? steps.map((value, index) => (index === 1 ? { event: '$session_start' } : value)) : steps, mode, windowMs }
-  if (exclusion && mode !== 'any_order' && exclusion.from < steps.length) {
-    const excluded: FunnelExclusion = { event: exclusion.event, fromStep: exclusion.from, toStep: Math.min(steps.length, exclusion.from + 1) }
-    definition.exclusions = [excluded]
-  }
-  if (breakdown) definition.breakdown = { property: 'q' }
-  return definition
+const definitionArbitrary = funnelDefinitionArbitrary({
+  name: 'backfilled',
+  filter: fc.record({ property: fc.constant('p'), operator: fc.constantFrom('eq', 'gte') as fc.Arbitrary<'eq' | 'gte'>, value: fc.integer({ min: 0, max: 3 }) }),
+  unfilteredFreq: 3,
+  breakdown: fc.boolean().map((breakdown) => (breakdown ? 'q' : undefined)),
 })
 
 interface Logged {
@@ -63,7 +47,7 @@ interface Logged {
 const logArbitrary = (span: number) => fc.array(fc.record({
   user: fc.constantFrom(...USERS),
   time: fc.integer({ min: 0, max: span }).map((step) => step * 10 * SECOND),
-  name: fc.constantFrom(...NAMES),
+  name: fc.constantFrom(...FUNNEL_NAMES),
   p: fc.option(fc.integer({ min: 0, max: 3 }), { nil: undefined, freq: 4 }),
   q: fc.option(fc.constantFrom('u', 'v'), { nil: undefined }),
   session: fc.integer({ min: 0, max: 7 }).map((n) => n === 0),
