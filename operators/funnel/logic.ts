@@ -272,7 +272,11 @@ function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source
   return sent
 }
 
-/** Publishes the (user, funnel)'s result if it differs from what was last published; returns the entry with it. */
+/**
+ * Publishes the (user, funnel)'s result if it differs from what was last published; returns the
+ * entry with it: the same object, changed in place (the state is the operator's: docs/operators.md,
+ * "State"), except when its wake-up goes away (a new entry without the field keeps one shape).
+ */
 function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, entry: UserFunnel, watermark: number): UserFunnel {
   const { track } = entry
   const summary = summarizeTrack(track, watermark)
@@ -281,11 +285,15 @@ function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source'
     ? sent.l === summary.level && sent.s === summary.status && sent.b === summary.breakdown && (sent.tt === summary.stepTimes || sameTimes(sent.tt, summary.stepTimes))
     : summary.level === 0
   if (unchanged && entry.wake === summary.wakeAt) return entry
+  const nextSent = unchanged ? sent : publish(out, owner, state, { id: entry.id, version: track.v, steps: track.n }, sent, summary)
+  if (summary.wakeAt !== undefined || entry.wake === undefined) {
+    if (nextSent !== undefined) entry.sent = nextSent
+    if (summary.wakeAt !== undefined) entry.wake = summary.wakeAt
+    return entry
+  }
   const next: UserFunnel = { id: entry.id, track }
   if (entry.sd !== undefined) next.sd = entry.sd
-  const nextSent = unchanged ? sent : publish(out, owner, state, { id: entry.id, version: track.v, steps: track.n }, sent, summary)
   if (nextSent !== undefined) next.sent = nextSent
-  if (summary.wakeAt !== undefined) next.wake = summary.wakeAt
   return next
 }
 
@@ -520,16 +528,16 @@ export function createFunnel(options: FunnelOptions): Operator<FunnelState, Funn
     },
     onTimer(state, now) {
       const out: Emission[] = []
-      let funnels: UserFunnel[] | undefined
+      const funnels = state.funnels
       let owner: Owner | undefined
-      for (let index = 0; index < state.funnels.length; index++) {
-        const entry = state.funnels[index]!
+      for (let index = 0; index < funnels.length; index++) {
+        const entry = funnels[index]!
         if (entry.wake === undefined || entry.wake > now) continue
-        funnels ??= state.funnels.slice()
         owner ??= ownerOf(state.canonicalId, state.project)
+        // in place, as onEnriched: the state is the operator's
         funnels[index] = report(out, owner, state, entry, now)
       }
-      return withWakeAt(funnels === undefined ? state : { ...state, funnels }, out)
+      return withWakeAt(state, out)
     },
     mergeInto(into, from, context: MergeContext) {
       const project = compiledOf(context.control)
