@@ -6,8 +6,8 @@ import type { Emission, MergeContext, Operator, StepResult } from '../runtime/op
 import { DEFAULT_HORIZON_MS as SESSION_HORIZON_MS, DEFAULT_MAX_SESSIONS } from '../sessionize/logic.ts'
 import { FUNNELS_STAGE, type FunnelProgressEnvelope } from './envelopes.ts'
 import {
-  compileFunnel, EXCLUSION_SHIFT, insert, PASSIVE_BIT, maskOf, mergeTracks, MODE_ANY_ORDER, newestOf, newTrack, removeEvents, summarizeTrack,
-  type CompiledFunnel, type PropertyLookup, type Summary, type Track, type TrackLimits,
+  compileFunnel, EXCLUSION_SHIFT, insert, PASSIVE_BIT, maskOf, mergeTracks, MODE_ANY_ORDER, newestOf, newTrack, removeEvents, summarizeTrackInto, summaryScratch,
+  type CompiledFunnel, type PropertyLookup, type Summary, type SummaryScratch, type Track, type TrackLimits,
 } from './match.ts'
 
 const MINUTE = 60_000
@@ -277,9 +277,12 @@ function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source
  * entry with it: the same object, changed in place (the state is the operator's: docs/operators.md,
  * "State"), except when its wake-up goes away (a new entry without the field keeps one shape).
  */
+// report runs to completion without calling out, so one scratch summary serves every call (publish copies what it keeps)
+const reported: SummaryScratch = summaryScratch()
+
 function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, entry: UserFunnel, watermark: number): UserFunnel {
   const { track } = entry
-  const summary = summarizeTrack(track, watermark)
+  const summary = summarizeTrackInto(reported, track, watermark)
   const sent = entry.sent
   const unchanged = sent
     ? sent.l === summary.level && sent.s === summary.status && sent.b === summary.breakdown && (sent.tt === summary.stepTimes || sameTimes(sent.tt, summary.stepTimes))

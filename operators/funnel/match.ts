@@ -329,28 +329,58 @@ export interface Summary {
   wakeAt?: number
 }
 
-/** The user's result as of the later of `watermark` and `newest` (their newest event): the counted attempt and whether it can still go further. */
-export function summarize(state: MatchState, steps: number, windowMs: number, watermark: number, newest: number | undefined): Summary {
+/** Step times of a user at level 0, shared (frozen: nobody changes a summary's step times). */
+const NO_STEP_TIMES: readonly number[] = Object.freeze([])
+
+/** A {@link Summary} with every field present (undefined when absent): one shape, to be filled again and again. */
+export type SummaryScratch = Omit<Summary, 'breakdown' | 'wakeAt'> & { breakdown: string | undefined; wakeAt: number | undefined }
+
+export const summaryScratch = (): SummaryScratch => ({ level: 0, status: 'none', stepTimes: [], asOf: 0, breakdown: undefined, wakeAt: undefined })
+
+/**
+ * The user's result as of the later of `watermark` and `newest` (their newest event): the counted
+ * attempt and whether it can still go further, written into `into` (returned). `stepTimes` is the
+ * attempt's own array, never changed.
+ */
+export function summarizeInto(into: SummaryScratch, state: MatchState, steps: number, windowMs: number, watermark: number, newest: number | undefined): SummaryScratch {
   let top = state.best
   const live = state.live
   for (let index = 0; index < live.length; index++) if (top === undefined || better(live[index]!, top)) top = live[index]!
-  const asOf = newest !== undefined && newest > watermark ? newest : watermark
-  if (top === undefined) return { level: 0, status: 'none', stepTimes: [], asOf }
-  const summary: Summary = { level: top.l, status: 'dropped', stepTimes: top.tt, asOf }
-  if (top.b !== undefined && top.b !== '') summary.breakdown = top.b
+  into.asOf = newest !== undefined && newest > watermark ? newest : watermark
+  into.breakdown = undefined
+  into.wakeAt = undefined
+  if (top === undefined) {
+    into.level = 0
+    into.status = 'none'
+    into.stepTimes = NO_STEP_TIMES as number[]
+    return into
+  }
+  into.level = top.l
+  into.status = 'dropped'
+  into.stepTimes = top.tt
+  if (top.b !== undefined && top.b !== '') into.breakdown = top.b
   if (top.l === steps) {
-    summary.status = 'converted'
-    return summary
+    into.status = 'converted'
+    return into
   }
   let deadline = Number.NEGATIVE_INFINITY
   for (let index = 0; index < live.length; index++) {
     const attempt = live[index]!
     if (attempt.l === top.l && attempt.s + windowMs > deadline) deadline = attempt.s + windowMs
   }
-  if (deadline >= asOf) {
-    summary.status = 'in_progress'
-    summary.wakeAt = deadline + 1
+  if (deadline >= into.asOf) {
+    into.status = 'in_progress'
+    into.wakeAt = deadline + 1
   }
+  return into
+}
+
+/** {@link summarizeInto} as a new object with only the fields present. */
+export function summarize(state: MatchState, steps: number, windowMs: number, watermark: number, newest: number | undefined): Summary {
+  const filled = summarizeInto(summaryScratch(), state, steps, windowMs, watermark, newest)
+  const summary: Summary = { level: filled.level, status: filled.status, stepTimes: filled.stepTimes, asOf: filled.asOf }
+  if (filled.breakdown !== undefined) summary.breakdown = filled.breakdown
+  if (filled.wakeAt !== undefined) summary.wakeAt = filled.wakeAt
   return summary
 }
 
@@ -398,6 +428,9 @@ export function newestOf(track: Track): number | undefined {
 
 /** The track's result as of the watermark. */
 export const summarizeTrack = (track: Track, watermark: number): Summary => summarize(track.head, track.n, track.w, watermark, newestOf(track))
+
+/** {@link summarizeTrack} into a scratch summary. */
+export const summarizeTrackInto = (into: SummaryScratch, track: Track, watermark: number): SummaryScratch => summarizeInto(into, track.head, track.n, track.w, watermark, newestOf(track))
 
 function trackOf(
   track: Track, base: MatchState, head: MatchState, t: number[], i: string[], m: number[], b: string[] | undefined, cutT: number | undefined, cutI: string | undefined,

@@ -90,7 +90,11 @@ export function emptyKeyGroup<State>(keyGroup: number, epoch: number): KeyGroupS
 export const watermarkKey = (project: string, source: Source) => `${project}|${source}`
 
 export function watermarkOf(group: KeyGroupState<unknown>, project: string, source: Source, lateness: number, alignedStreams?: readonly string[]): number {
-  const name = watermarkKey(project, source)
+  return watermarkNamed(group, watermarkKey(project, source), lateness, alignedStreams)
+}
+
+/** {@link watermarkOf} by the (project, source) name, for a caller that has it already. */
+function watermarkNamed(group: KeyGroupState<unknown>, name: string, lateness: number, alignedStreams?: readonly string[]): number {
   if (alignedStreams !== undefined && alignedStreams.length > 0) {
     // a stream that has carried nothing of the project and source yet holds everything back
     let least = Number.POSITIVE_INFINITY
@@ -133,6 +137,13 @@ function toOutgoing(stepId: string, emissions: Emission[], idPrefix: string, int
   })
 }
 
+/** Publishes a dead letter for an input the step could not apply. */
+function deadLetterInto(options: KernelOptions, message: InputMessage, reason: string, idPrefix: string, outgoing: Outgoing[], counters: KernelCounters) {
+  const letter = deadLetterOf(options.stepId, message.subject, message.seq, message.data, reason, options.clock())
+  if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
+  counters.deadLettered++
+}
+
 function applyResult<State>(group: KeyGroupState<State>, key: string, entry: KeyEntry<State>, result: StepResult<State>) {
   if (result.state === undefined) {
     group.keys.delete(key)
@@ -162,11 +173,7 @@ export function processMessage<State, Input>(
   }
   group.offsets[stream] = seq
   const idPrefix = `${options.stepId}:${stream}:${seq}`
-  const deadLetter = (reason: string) => {
-    const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, reason, options.clock())
-    if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
-    counters.deadLettered++
-  }
+  const deadLetter = (reason: string) => deadLetterInto(options, message, reason, idPrefix, outgoing, counters)
   let envelope
   let input: Input
   let key: string
@@ -177,7 +184,7 @@ export function processMessage<State, Input>(
       const name = watermarkKey(envelope.project, envelope.source)
       advanceEventTime(group, name, stream, envelope.time, options)
       const watermark = watermarkOf(group, envelope.project, envelope.source, options.latenessOf(envelope.project), options.alignedStreams)
-      if (!operator.stateless) fireTimers(operator, group, name, watermark, `${idPrefix}:t`, outgoing, counters)
+      if (!operator.stateless) fireTimers(operator, group, name, watermark, idPrefix, outgoing, counters)
       for (const stage of options.forwardWatermarksTo ?? []) {
         outgoing.push({ subject: subjectFor(envelope.project, stage, group.keyGroup), data: message.data, msgId: `${idPrefix}:w:${stage}` })
       }
@@ -217,14 +224,13 @@ export function processMessage<State, Input>(
     return outgoing
   }
   const lateness = options.latenessOf(envelope.project)
+  const name = watermarkKey(envelope.project, envelope.source)
   const context = {
     eventTime: envelope.time,
-    watermark: watermarkOf(group, envelope.project, envelope.source, lateness, options.alignedStreams),
+    watermark: watermarkNamed(group, name, lateness, options.alignedStreams),
     source: envelope.source,
     control: group.control[envelope.project],
   }
-  const name = watermarkKey(envelope.project, envelope.source)
-  const advanceWatermark = () => advanceEventTime(group, name, stream, envelope.time, options)
   if (operator.stateless) {
     try {
       const result = operator.onEvent(operator.init(), input, context)
@@ -234,7 +240,7 @@ export function processMessage<State, Input>(
     } catch (error) {
       deadLetter(`${operator.stepId} threw: ${(error as Error).message}`)
     }
-    advanceWatermark()
+    advanceEventTime(group, name, stream, envelope.time, options)
     return outgoing
   }
   let entry = group.keys.get(key)
@@ -247,7 +253,7 @@ export function processMessage<State, Input>(
     }
     try {
       const result = operator.onEvent(entry.state, input, context)
-      entry.applied = { ...entry.applied, [stream]: seq }
+      entry.applied[stream] = seq // each entry has an object of its own
       entry.lastTime = Math.max(entry.lastTime, envelope.time)
       entry.source = envelope.source
       applyResult(group, key, entry, result)
@@ -259,8 +265,8 @@ export function processMessage<State, Input>(
       return outgoing
     }
   }
-  advanceWatermark()
-  fireTimers(operator, group, name, watermarkOf(group, envelope.project, envelope.source, lateness, options.alignedStreams), `${idPrefix}:t`, outgoing, counters)
+  advanceEventTime(group, name, stream, envelope.time, options)
+  fireTimers(operator, group, name, watermarkNamed(group, name, lateness, options.alignedStreams), idPrefix, outgoing, counters)
   return outgoing
 }
 
@@ -374,9 +380,7 @@ function fireTimers<State, Input>(
     entry.wakeAt = undefined
     const result = operator.onTimer(entry.state, watermark, { control: group.control[entry.project] })
     applyResult(group, key, entry, result)
-    const emitted: Outgoing[] = []
-    toOutgoing(operator.stepId, result.emit, `${idPrefix}${fired}`, emitted)
-    outgoing.push(...emitted)
+    toOutgoing(operator.stepId, result.emit, `${idPrefix}:t${fired}`, outgoing)
     fired++
     counters.timersFired++
   }
