@@ -130,6 +130,8 @@ const keep = (into: { wall: number; cpu: number }, clock: Clock) => {
 const figures = (clock: Clock) => `${rate(total, clock.seconds).toLocaleString('en-US')}/s (${rate(total, clock.cpuSeconds).toLocaleString('en-US')} per CPU second)`
 let last: ReturnType<typeof funnelRunner> | undefined
 for (let round = 1; round <= ROUNDS; round++) {
+  // each round starts with no state: the previous round's users, alive still, would double the heap the collector walks
+  last = undefined
   const funnels = funnelRunner(control)
   const baseline = baselineRunner()
   const clocks = { funnels: new Clock(), baseline: new Clock(), decode: new Clock() }
