@@ -152,8 +152,12 @@ const env = async (extra: Record<string, string> = {}) => cleanEnv({
   SEGSTREAM_PUBLISH_TIMEOUT_MS: '30000', SEGSTREAM_METRICS_PORT: String(await freePort()), ...extra,
 })
 const bin = join(import.meta.dirname, '../bin/segstream.js')
-// BENCH_PROFILE=dir: each process writes a .cpuprofile there
-const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []
+// BENCH_PROFILE=dir: each process writes a .cpuprofile there; BENCH_NODE_ARGS: more flags for each
+// (NODE_OPTIONS does not reach them), e.g. `--heapsnapshot-signal=SIGUSR2` to take heap snapshots
+const profile = [
+  ...(process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : []),
+  ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
+]
 processes = {
   gateway: spawn(process.execPath, [...profile, bin, 'gateway'], { stdio: ['ignore', 'inherit', 'inherit'], env: await env({ SEGSTREAM_HTTP_PORT: String(gatewayPort) }) }),
   operators: spawn(process.execPath, [...profile, bin, 'run', 'enrich', 'sessionize'], { stdio: ['ignore', 'inherit', 'inherit'], env: await env() }),

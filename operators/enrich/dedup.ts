@@ -6,8 +6,9 @@ const DAY = 86_400_000
  * Message ids a key has processed recently, to drop a message re-sent after the
  * stream's duplicate window (a tracker queue flushed hours later). Ids are kept
  * as 52-bit hashes with the day (event time) they were seen, in two parallel
- * arrays: about 12 bytes an id in msgpack, and cheap to copy. The chance of two
- * of one key's ids colliding is below 1e-9 at the cap.
+ * arrays of numbers: about 12 bytes an id in msgpack and 16 in memory (the
+ * hashes unboxed), appended to in place. The chance of two of one key's ids
+ * colliding is below 1e-9 at the cap.
  */
 export interface SeenIds {
   hashes: number[]
@@ -35,21 +36,24 @@ export function hasSeen(seen: SeenIds, messageId: string): boolean {
 }
 
 /**
- * Records a message id; returns the new set, or undefined when the id was seen
- * already (a late duplicate). Pure: `seen` is not changed.
+ * Records a message id in `seen`, in place (the state is the operator's: docs/operators.md,
+ * "State"), and returns it; returns undefined, `seen` unchanged, when the id was seen already (a
+ * late duplicate). Appending in place keeps a key's cost per message flat: a copy would grow
+ * with the ids kept (up to `maxIds`).
  */
 export function markSeen(seen: SeenIds, messageId: string, eventTime: number, newest: number, options: DedupOptions): SeenIds | undefined {
   const hash = idHash(messageId)
   if (seen.hashes.includes(hash)) return undefined
-  let hashes = [...seen.hashes, hash]
-  let days = [...seen.days, Math.floor(eventTime / DAY)]
-  if (hashes.length > options.maxIds) {
+  seen.hashes.push(hash)
+  seen.days.push(Math.floor(eventTime / DAY))
+  if (seen.hashes.length > options.maxIds) {
     // forget ids beyond the horizon, then the oldest, until a quarter of the room is free
+    const { hashes, days } = seen
     const cutoff = Math.floor((newest - options.horizonMs) / DAY)
     const order = hashes.map((_, i) => i).filter((i) => days[i]! >= cutoff).sort((a, b) => days[b]! - days[a]! || b - a)
     const keep = order.slice(0, Math.floor(options.maxIds * 0.75)).sort((a, b) => a - b)
-    hashes = keep.map((i) => hashes[i]!)
-    days = keep.map((i) => days[i]!)
+    seen.hashes = keep.map((i) => hashes[i]!)
+    seen.days = keep.map((i) => days[i]!)
   }
-  return { hashes, days }
+  return seen
 }

@@ -58,7 +58,8 @@ t.test('createEnrich', async (t) => {
       const snapshot = JSON.stringify(raw)
       const input = { envelope: raw, origin }
       t.equal(enrich.keyOf(input), raw.key, `${label}: keyed by the raw routing key`)
-      const result = enrich.onEvent(state, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
+      // a state of its own each: the state is handed over (docs/operators.md), and enrich appends its ids in place
+      const result = enrich.onEvent(enrich.init(), input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
       t.equal(result.state!.seen.hashes.length, 1, `${label}: the message id is remembered`)
       t.equal(enrich.onEvent(result.state!, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined }).emit.length, 0, `${label}: the same message again is a late duplicate, dropped`)
       t.equal(result.wakeAt, undefined, `${label}: no timer`)
