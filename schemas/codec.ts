@@ -5,9 +5,11 @@ import { AggregateEnvelope, AnyEnvelope, ControlEnvelope, DeadLetterEnvelope, En
 
 /**
  * Plain msgpack maps (no msgpackr records or structured clones) so any msgpack
- * decoder, in any language, reads what segstream publishes.
+ * decoder, in any language, reads what segstream publishes. Binary values are
+ * copied when decoded: a view into the message would keep the whole buffer it was
+ * read into alive for as long as a state holds it (enrich's packed message ids).
  */
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false })
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false, copyBuffers: true })
 
 export function encode(value: unknown): Uint8Array {
   return packr.pack(value)

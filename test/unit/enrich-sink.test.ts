@@ -1,5 +1,6 @@
 import t from 'tap'
 import { createEnrich } from '../../operators/enrich/logic.ts'
+import { seenCount } from '../../operators/enrich/dedup.ts'
 import { eventRowOf } from '../../operators/sink/rows.ts'
 import { decodeEnvelope, encode, validator } from '../../schemas/codec.ts'
 import { EnrichedEventEnvelope, ENVELOPE_VERSION, type EnrichedEventEnvelope as Enriched, type Origin, type RawEventEnvelope } from '../../schemas/envelope.ts'
@@ -51,7 +52,7 @@ t.test('createEnrich', async (t) => {
     const enrich = createEnrich({ keyGroups })
     t.equal(enrich.stepId, 'enrich')
     const state = enrich.init()
-    t.same(state, { identity: {}, seen: { hashes: [], days: [] }, newest: Number.NEGATIVE_INFINITY }, 'starts with no identity and no ids seen')
+    t.same([state.identity, seenCount(state.seen), state.newest], [{}, 0, Number.NEGATIVE_INFINITY], 'starts with no identity and no ids seen')
     for (const c of cases) {
       const label = `${c.name} (${keyGroups} key groups)`
       const raw = rawOf(c.message, { source: c.source ?? 'live' })
@@ -60,7 +61,7 @@ t.test('createEnrich', async (t) => {
       t.equal(enrich.keyOf(input), raw.key, `${label}: keyed by the raw routing key`)
       // a state of its own each: the state is handed over (docs/operators.md), and enrich appends its ids in place
       const result = enrich.onEvent(enrich.init(), input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined })
-      t.equal(result.state!.seen.hashes.length, 1, `${label}: the message id is remembered`)
+      t.equal(seenCount(result.state!.seen), 1, `${label}: the message id is remembered`)
       t.equal(enrich.onEvent(result.state!, input, { eventTime: TIME, watermark: TIME, source: 'live', control: undefined }).emit.length, 0, `${label}: the same message again is a late duplicate, dropped`)
       t.equal(result.wakeAt, undefined, `${label}: no timer`)
       t.equal(result.emit.length, 1, `${label}: one output`)

@@ -1,6 +1,7 @@
 import fc from 'fast-check'
 import t from 'tap'
-import { DEDUP_DEFAULTS, emptySeen, hasSeen, idHash, markSeen } from '../../operators/enrich/dedup.ts'
+import { DEDUP_DEFAULTS, emptySeen, hasSeen, idHash, markSeen, seenCount, type SeenIds } from '../../operators/enrich/dedup.ts'
+import { decode, encode } from '../../schemas/codec.ts'
 import { identityStep, type IdentityState } from '../../operators/enrich/identity.ts'
 import type { SegmentMessage } from '../../schemas/segment.ts'
 
@@ -74,11 +75,43 @@ t.test('late duplicates: an id is remembered within the horizon and the cap', as
   t.equal(markSeen(seen, 'x', 0, 0, options), undefined, 'the same id again: a duplicate')
   t.equal(JSON.stringify(seen), before, 'the set given is not changed')
   for (let i = 0; i < 8; i++) seen = markSeen(seen, `m${i}`, 10 * DAY + i, 10 * DAY + i, options)!
-  t.ok(seen.hashes.length <= 8, `bounded (${seen.hashes.length} ids)`)
+  t.ok(seenCount(seen) <= 8, `bounded (${seenCount(seen)} ids)`)
   t.notOk(hasSeen(seen, 'x'), 'an id beyond the horizon is forgotten first')
   t.ok(hasSeen(seen, 'm7'), 'the newest ids are kept')
   t.equal(markSeen(seen, 'm7', 10 * DAY, 10 * DAY, options), undefined)
   t.not(idHash('message-1'), idHash('message-2'))
   t.ok(Number.isSafeInteger(idHash('some-long-message-id')) && idHash('some-long-message-id') < 2 ** 52)
   t.equal(DEDUP_DEFAULTS.horizonMs, 7 * DAY)
+})
+
+t.test('late duplicates: the ids survive a checkpoint, and a checkpoint of the older format is read', async (t) => {
+  const DAY = 86_400_000
+  const options = { horizonMs: 7 * DAY, maxIds: 2_000 }
+  let seen = emptySeen()
+  const ids = Array.from({ length: 300 }, (_, i) => `message-${i}`)
+  // appended one by one past several doublings of the array's room, days before 1970 too
+  ids.forEach((id, i) => (seen = markSeen(seen, id, (i - 150) * DAY / 10, (i - 150) * DAY / 10, options)!))
+  t.equal(seenCount(seen), 300)
+  const bytes = encode({ seen })
+  t.ok(bytes.length < 300 * 12 + 40, `12 bytes an id in a checkpoint (${bytes.length} bytes for 300)`)
+  // decoded: a view into a buffer msgpack shares; recording more must not write into it
+  const decoded = (decode(bytes) as { seen: SeenIds }).seen
+  const shared = Buffer.from(decoded.ids.buffer, decoded.ids.byteOffset, decoded.ids.length).toString('hex')
+  t.ok(ids.every((id) => hasSeen(decoded, id)), 'every id is known after a checkpoint')
+  const more = markSeen(decoded, 'message-new', 0, 0, options)!
+  t.equal(seenCount(more), 301)
+  t.equal(markSeen(more, 'message-7', 0, 0, options), undefined, 'an old id is still a duplicate')
+  t.equal(Buffer.from(bytes).subarray(bytes.length - 300 * 12).toString('hex'), shared, 'the decoded bytes were copied, not written over')
+  // the format of checkpoints before the ids were packed: two arrays
+  const older = { hashes: ids.slice(0, 10).map(idHash), days: ids.slice(0, 10).map(() => 20_000) } as unknown as SeenIds
+  t.ok(hasSeen(older, 'message-3'), 'an id of an older checkpoint is known')
+  const upgraded = markSeen(older, 'message-11', 20_000 * DAY, 20_000 * DAY, options)!
+  t.equal(seenCount(upgraded), 11)
+  t.equal(markSeen(upgraded, 'message-9', 20_000 * DAY, 20_000 * DAY, options), undefined, 'and stays known once packed')
+  t.same(Object.keys(upgraded), ['ids'], 'packed into the current format')
+  // the cap with the horizon: the oldest days go first, the newest stay
+  let capped = emptySeen()
+  for (let i = 0; i < 30; i++) capped = markSeen(capped, `c${i}`, i * DAY, i * DAY, { horizonMs: 100 * DAY, maxIds: 20 })!
+  t.ok(seenCount(capped) <= 20, `bounded (${seenCount(capped)})`)
+  t.ok(hasSeen(capped, 'c29') && !hasSeen(capped, 'c0'), 'the newest kept, the oldest forgotten')
 })
