@@ -5,8 +5,9 @@
  * in this process. Every user gets --per-user events, one per round, rounds --round-minutes apart
  * in event time (in time order, so nothing is late and no window of 1 hour or more closes), names
  * drawn with the pure benchmark's weights. The process RSS and the V8 heap are read after a full
- * garbage collection before the first event and after the last: the difference is what the states
- * (and the runner's maps and heap) take. Events are made batch by batch and dropped, so they are
+ * garbage collection before the first event, after the last, and after every state was encoded
+ * once as a checkpoint encodes it (which boxes arrays of numbers, see below): the difference is
+ * what the states (and the runner's maps and heap) take. Events are made batch by batch and dropped, so they are
  * not part of it. Run with --expose-gc and a large --max-old-space-size (bench/funnels.ts does).
  * Last line: JSON.
  *
@@ -74,21 +75,23 @@ for (let round = 0; round < PER_USER; round++) {
   }
 }
 const seconds = (performance.now() - started) / 1000
-const after = memory()
-// the states' own size as msgpack (what a checkpoint writes), over a sample
-let sampled = 0
-let sampledBytes = 0
-for (const state of runner.states.values()) {
-  if (sampled++ % 100 !== 0) continue
-  sampledBytes += encode(state).length
-}
-const meanMsgpack = Math.round(sampledBytes / Math.max(1, Math.ceil(sampled / 100)))
+const built = memory()
+// The runtime encodes every changed state at each checkpoint (every 10 s), and msgpackr's encoder,
+// reading arrays of several kinds at one site in optimised code, turns arrays of unboxed numbers
+// (event times) into arrays of boxed ones: measured again after every state was encoded once, as
+// the step holds them once it has checkpointed; the sizes as msgpack come from that pass.
+let encodedBytes = 0
+for (const state of runner.states.values()) encodedBytes += encode(state).length
 const keys = runner.users
+const meanMsgpack = Math.round(encodedBytes / Math.max(1, keys))
+const after = memory()
 const rssMb = mb(after.rss - before.rss)
 const heapMb = mb(after.heapUsed - before.heapUsed)
-console.log(`[bench-funnels state] measured at ${keys.toLocaleString('en-US')} users in state × ${FUNNELS.length} funnels (${seq.toLocaleString('en-US')} events, ${runner.counts.emitted.toLocaleString('en-US')} progress messages, built in ${seconds.toFixed(0)} s): RSS +${rssMb} MB (${mb(after.rss)} MB in all), V8 heap +${heapMb} MB; ${Math.round((after.heapUsed - before.heapUsed) / Math.max(1, keys))} B of heap per user; msgpack mean ${meanMsgpack} B per user`)
+console.log(`[bench-funnels state] as built (never encoded): RSS +${mb(built.rss - before.rss)} MB, V8 heap +${mb(built.heapUsed - before.heapUsed)} MB`)
+console.log(`[bench-funnels state] measured at ${keys.toLocaleString('en-US')} users in state × ${FUNNELS.length} funnels (${seq.toLocaleString('en-US')} events, ${runner.counts.emitted.toLocaleString('en-US')} progress messages, built in ${seconds.toFixed(0)} s), after a checkpoint's encoding: RSS +${rssMb} MB (${mb(after.rss)} MB in all), V8 heap +${heapMb} MB; ${Math.round((after.heapUsed - before.heapUsed) / Math.max(1, keys))} B of heap per user; msgpack mean ${meanMsgpack} B per user`)
 console.log(JSON.stringify({
   state_users: keys, state_funnels: FUNNELS.length, state_events: seq, state_events_per_user: PER_USER,
   state_rss_mb: rssMb, state_rss_total_mb: mb(after.rss), state_heap_mb: heapMb, state_heap_bytes_per_user: Math.round((after.heapUsed - before.heapUsed) / Math.max(1, keys)),
+  state_rss_before_encoding_mb: mb(built.rss - before.rss), state_heap_before_encoding_mb: mb(built.heapUsed - before.heapUsed),
   state_msgpack_mean_bytes: meanMsgpack, state_build_s: Number(seconds.toFixed(1)),
 }))
