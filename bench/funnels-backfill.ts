@@ -33,7 +33,6 @@ import { seedMessage, type Seed } from '../operators/funnel/backfill.ts'
 import { createTableSeeder, historyColumnsOf } from '../operators/funnel/backfill-table.ts'
 import { readHistory } from '../operators/funnel/backfill-table-store.ts'
 import { startFunnelBackfill } from '../operators/funnel/backfill-worker.ts'
-import { publishControl } from '../operators/runtime/control.ts'
 import { startInstance } from '../operators/runtime/instance.ts'
 import { OPERATORS, type StepContext } from '../operators/steps.ts'
 import { DEFAULT_SETTINGS } from '../projects/model.ts'
@@ -45,6 +44,7 @@ import { startNats } from '../test/harness/nats.ts'
 import { startBenchPostgres } from './explore-postgres.ts'
 import { loadBackfillEvents } from './funnels-backfill-data.ts'
 import { benchTopology } from './topology.ts'
+import { defineBackfilledFunnel, watchBackfill } from './funnels-backfill-watch.ts'
 import { FUNNELS, KEY_GROUPS } from './funnels-workload.ts'
 
 const { values } = parseArgs({ options: { events: { type: 'string', default: '10000000' }, users: { type: 'string' }, seed: { type: 'string', default: '1' }, 'stream-gb': { type: 'string', default: '2' }, 'timeout-s': { type: 'string', default: '1800' } } })
@@ -55,7 +55,6 @@ const PROJECT = 'bench'
 const logger = createLogger('warn')
 const say = (line: string) => console.log(`[bench-funnels backfill] ${line}`)
 const n = (value: number) => Math.round(value).toLocaleString('en-US')
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 const cpuSeconds = (since: NodeJS.CpuUsage) => {
   const used = process.cpuUsage(since)
   return (used.user + used.system) / 1e6
@@ -128,31 +127,14 @@ try {
   // 4. the backfill, as the API creates a funnel
   const backfillCpu = process.cpuUsage()
   const started = performance.now()
-  await store.pool.query(`INSERT INTO funnels (project, id, name, definition, version, backfill) VALUES ($1, $2, $3, $4::jsonb, 1, $5::jsonb)`,
-    [PROJECT, definition.id, definition.name, JSON.stringify(definition), JSON.stringify({ state: 'pending', done: 0, total: 0 })])
-  await publishControl(publisher, { project: PROJECT, stages: ['enriched', 'sessions'], keyGroups: KEY_GROUPS, time: Date.now(), control: { stepId: 'funnel', name: definition.id, version: 1, definition } })
+  await defineBackfilledFunnel(store.pool, publisher, PROJECT, KEY_GROUPS, definition)
   const worker = startFunnelBackfill({ nc, publisher, pool: store.pool, topology, keyGroups: KEY_GROUPS, logger, latenessOf, idleTtlMs: Number.POSITIVE_INFINITY, pollMs: 100 })
-  type Progress = { state: string; done: number; total: number; phase?: string; seeds?: number; error?: string; table?: { events: number } }
-  const phases: Record<string, number> = {}
-  let row: Progress | undefined
-  let lastPhase = ''
-  let lastPrint = performance.now()
   let peakRss = process.memoryUsage().rss
-  while (performance.now() - started < TIMEOUT_MS) {
-    row = (await store.pool.query<{ backfill: Progress }>('SELECT backfill FROM funnels WHERE project = $1 AND id = $2', [PROJECT, definition.id])).rows[0]!.backfill
-    peakRss = Math.max(peakRss, process.memoryUsage().rss)
-    const phase = row.state === 'running' ? row.phase ?? 'running' : row.state
-    if (phase !== lastPhase) {
-      phases[phase] = (performance.now() - started) / 1000
-      lastPhase = phase
-    }
-    if (row.state === 'done' || row.state === 'failed') break
-    if (performance.now() - lastPrint > 10_000) {
-      lastPrint = performance.now()
-      say(`backfill: ${row.phase}, ${n(row.done)} / ${n(row.total)}`)
-    }
-    await sleep(100)
-  }
+  const { row, phases } = await watchBackfill(store.pool, PROJECT, definition.id, {
+    started, timeoutMs: TIMEOUT_MS, printEveryMs: 10_000,
+    print: (progress) => say(`backfill: ${progress.phase}, ${n(progress.done)} / ${n(progress.total)}`),
+    onPoll: () => (peakRss = Math.max(peakRss, process.memoryUsage().rss)),
+  })
   const seconds = (performance.now() - started) / 1000
   const usedCpu = cpuSeconds(backfillCpu)
   await worker.stop()

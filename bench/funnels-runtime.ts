@@ -45,6 +45,7 @@ import { stageFilter, subjectFor, type Stage } from '../topology/subjects.ts'
 import { startNats } from '../test/harness/nats.ts'
 import { startPostgres } from '../test/harness/postgres.ts'
 import { pipelinedPublishRate, type Prepared } from './baseline.ts'
+import { defineBackfilledFunnel, watchBackfill } from './funnels-backfill-watch.ts'
 import { FUNNELS, KEY_GROUPS, makeEvents } from './funnels-workload.ts'
 import { serverCpu } from './proc.ts'
 
@@ -144,31 +145,14 @@ try {
 
   // 2. a new funnel over that history
   const definition: FunnelDefinition = { ...FUNNELS[2]!, id: 'backfilled', name: 'Purchase, defined after the data' }
-  await store.pool.query(`INSERT INTO funnels (project, id, name, definition, version, backfill) VALUES ($1, $2, $3, $4::jsonb, 1, $5::jsonb)`,
-    [PROJECT, definition.id, definition.name, JSON.stringify(definition), JSON.stringify({ state: 'pending', done: 0, total: 0 })])
-  await publishControl(publisher, { project: PROJECT, stages: ['enriched', 'sessions'], keyGroups: KEY_GROUPS, time: Date.now(), control: { stepId: 'funnel', name: definition.id, version: 1, definition } })
+  await defineBackfilledFunnel(store.pool, publisher, PROJECT, KEY_GROUPS, definition)
   const backfillCpu = process.cpuUsage()
   const backfillStarted = performance.now()
   const worker = startFunnelBackfill({ nc, publisher, pool: store.pool, topology, keyGroups: KEY_GROUPS, logger, latenessOf, idleTtlMs: Number.POSITIVE_INFINITY, pollMs: 100 })
-  type Progress = { state: string; done: number; total: number; phase?: string; seeds?: number; late?: number; error?: string }
-  const phases: Record<string, number> = {}
-  let row: Progress | undefined
-  let lastPhase = ''
-  lastPrint = performance.now()
-  while (performance.now() - backfillStarted < TIMEOUT_MS) {
-    row = (await store.pool.query<{ backfill: Progress }>('SELECT backfill FROM funnels WHERE project = $1 AND id = $2', [PROJECT, definition.id])).rows[0]!.backfill
-    const phase = row.state === 'running' ? row.phase ?? 'running' : row.state
-    if (phase !== lastPhase) {
-      phases[phase] = (performance.now() - backfillStarted) / 1000
-      lastPhase = phase
-    }
-    if (row.state === 'done' || row.state === 'failed') break
-    if (performance.now() - lastPrint > 5_000) {
-      lastPrint = performance.now()
-      say(`backfill: ${row.phase}, ${n(row.done)} / ${n(row.total)} messages`)
-    }
-    await sleep(100)
-  }
+  const { row, phases } = await watchBackfill(store.pool, PROJECT, definition.id, {
+    started: backfillStarted, timeoutMs: TIMEOUT_MS, printEveryMs: 5_000,
+    print: (progress) => say(`backfill: ${progress.phase}, ${n(progress.done)} / ${n(progress.total)} messages`),
+  })
   const backfillSeconds = (performance.now() - backfillStarted) / 1000
   const backfillUsed = process.cpuUsage(backfillCpu)
   await worker.stop()

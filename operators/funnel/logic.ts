@@ -272,14 +272,14 @@ function publish(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source
   return sent
 }
 
+// report runs to completion without calling out, so one scratch summary serves every call (publish copies what it keeps)
+const reported: SummaryScratch = summaryScratch()
+
 /**
  * Publishes the (user, funnel)'s result if it differs from what was last published; returns the
  * entry with it: the same object, changed in place (the state is the operator's: docs/operators.md,
  * "State"), except when its wake-up goes away (a new entry without the field keeps one shape).
  */
-// report runs to completion without calling out, so one scratch summary serves every call (publish copies what it keeps)
-const reported: SummaryScratch = summaryScratch()
-
 function report(out: Emission[], owner: Owner, state: Pick<FunnelState, 'source' | 'origin'>, entry: UserFunnel, watermark: number): UserFunnel {
   const { track } = entry
   const summary = summarizeTrackInto(reported, track, watermark)

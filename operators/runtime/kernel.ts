@@ -137,13 +137,6 @@ function toOutgoing(stepId: string, emissions: Emission[], idPrefix: string, int
   })
 }
 
-/** Publishes a dead letter for an input the step could not apply. */
-function deadLetterInto(options: KernelOptions, message: InputMessage, reason: string, idPrefix: string, outgoing: Outgoing[], counters: KernelCounters) {
-  const letter = deadLetterOf(options.stepId, message.subject, message.seq, message.data, reason, options.clock())
-  if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
-  counters.deadLettered++
-}
-
 function applyResult<State>(group: KeyGroupState<State>, key: string, entry: KeyEntry<State>, result: StepResult<State>) {
   if (result.state === undefined) {
     group.keys.delete(key)
@@ -173,7 +166,11 @@ export function processMessage<State, Input>(
   }
   group.offsets[stream] = seq
   const idPrefix = `${options.stepId}:${stream}:${seq}`
-  const deadLetter = (reason: string) => deadLetterInto(options, message, reason, idPrefix, outgoing, counters)
+  const deadLetter = (reason: string) => {
+    const letter = deadLetterOf(options.stepId, message.subject, seq, message.data, reason, options.clock())
+    if (letter) toOutgoing(options.stepId, [letter], idPrefix, outgoing)
+    counters.deadLettered++
+  }
   let envelope
   let input: Input
   let key: string
